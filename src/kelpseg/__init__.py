@@ -1,0 +1,3 @@
+"""kelpseg: giant-kelp canopy segmentation in Landsat imagery."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from kelpseg.cli import app
+
+app()

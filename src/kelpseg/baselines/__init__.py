@@ -1,0 +1,1 @@
+"""Simple baselines that show what the network adds."""

@@ -1,0 +1,270 @@
+"""The ``kelpseg`` command: one sub-command per pipeline stage.
+
+Each command's help names the module that does its work.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kelpseg.config import ConfigError, builtin_names, dump_config, load_config
+from kelpseg.io.errors import NothingValidError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Find giant-kelp canopy in Landsat tiles and scenes. Stages run one by one or all "
+    "together with `kelpseg run`; configs are YAML (`kelpseg config`), overridable with "
+    "--set section.key=value.",
+)
+
+ConfigOpt = Annotated[
+    str | None,
+    typer.Option("--config", "-c", help="YAML file or built-in name (default, demo, tiny)."),
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override, e.g. train.max_epochs=3 (repeatable)."),
+]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit non-zero on any bad file.")]
+
+
+def _config(config: str | None, overrides: list[str] | None, strict: bool = False):
+    try:
+        cfg = load_config(config, overrides)
+    except ConfigError as err:
+        typer.secho(f"config error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from err
+    if strict:
+        cfg.data.strict = True
+    return cfg
+
+
+def _fail(err: Exception) -> None:
+    typer.secho(f"error: {err}", fg="red", err=True)
+    raise typer.Exit(1) from err
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder for the dataset (competition layout).")],
+    aois: Annotated[int, typer.Option(help="Areas of interest (each seen on several dates).")] = 24,
+    seed: int = 0,
+    size: Annotated[int, typer.Option(help="Tile side in px (350 = competition).")] = 350,
+    crs: Annotated[
+        str | None, typer.Option(help="Write georeferenced tiles, e.g. EPSG:32611.")
+    ] = None,
+) -> None:
+    """Generate a synthetic Kelp-Wanted dataset; test masks + truth go beside OUT. (kelpseg.synth)"""
+    from kelpseg.synth import generate
+
+    res = generate(out, aois=aois, seed=seed, size=size, crs=crs)
+    typer.echo(f"{res.n_train} train + {res.n_test} test tiles in {res.root}")
+    typer.echo(f"test masks: {res.test_masks}\ntruth: {res.truth_csv}")
+
+
+@app.command()
+def stats(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (tiles found by suffix).")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Per-tile quality flags and per-band stats -> tile_stats.csv, band_stats.json. (kelpseg.data.stats)"""
+    from kelpseg.pipeline import run_stats
+
+    cfg = _config(config, set_, strict)
+    try:
+        _, table = run_stats(data, cfg, out)
+    except (NothingValidError, FileNotFoundError) as err:
+        _fail(err)
+    typer.echo(f"{len(table)} valid tiles -> {out / 'tile_stats.csv'}, {out / 'band_stats.json'}")
+
+
+@app.command()
+def groups(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    threshold: Annotated[
+        float | None, typer.Option(help="Cosine similarity to join tiles.")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """AOI groups of the training tiles from DEM embeddings -> groups.csv. (kelpseg.data.groups)"""
+    from kelpseg.pipeline import run_groups, run_stats
+
+    cfg = _config(config, set_)
+    if threshold is not None:
+        cfg.groups.threshold = threshold
+    try:
+        refs, table = run_stats(data, cfg, out)
+    except (NothingValidError, FileNotFoundError) as err:
+        _fail(err)
+    g = run_groups(refs, table, cfg, out)
+    typer.echo(f"{len(g)} tiles in {g['aoi'].nunique()} AOI groups -> {out / 'groups.csv'}")
+
+
+@app.command()
+def split(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    folds: Annotated[int | None, typer.Option(help="K of the grouped K-fold.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Stratified grouped K-fold over AOIs -> splits.csv. (kelpseg.data.splits)"""
+    from kelpseg.pipeline import prepare
+
+    cfg = _config(config, set_)
+    if folds is not None:
+        cfg.split.folds = folds
+    try:
+        prep = prepare(data, cfg, out)
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    counts = prep.train.groupby("fold").agg(tiles=("tile_id", "size"), aois=("aoi", "nunique"))
+    typer.echo(counts.to_string())
+    typer.echo(f"-> {out / 'splits.csv'}")
+
+
+@app.command()
+def train(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Train the configured fold(s); checkpoints in OUT/fold*/, runs in MLflow. (kelpseg.train.fit)"""
+    from kelpseg.pipeline import prepare, run_training
+
+    cfg = _config(config, set_, strict)
+    try:
+        prep = prepare(data, cfg, out, reuse=True)
+        results = run_training(prep, cfg, out)
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    for r in results:
+        typer.echo(
+            f"fold {r.fold}: val Dice {r.val_dice:.4f}  checkpoint {r.checkpoint}  run {r.run_id}"
+        )
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A .ckpt from `kelpseg train`.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Tiles or folders of tiles.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("predictions"),
+    threshold: Annotated[
+        float, typer.Option(help="Decision threshold on the kelp probability.")
+    ] = 0.5,
+    batch_size: int = 8,
+    probabilities: Annotated[bool, typer.Option(help="Also write {id}_proba.tif.")] = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Checkpoint + tiles -> {id}_kelp.tif masks keeping each input's georeference. (kelpseg.infer.predict)"""
+    from kelpseg.infer.predict import load_model, predict_tiles
+    from kelpseg.io import find_images
+
+    items = find_images(inputs)
+    if not items:
+        _fail(FileNotFoundError(f"no .tif tiles in {', '.join(map(str, inputs))}"))
+    res = predict_tiles(
+        load_model(checkpoint),
+        items,
+        out,
+        threshold=threshold,
+        batch_size=batch_size,
+        probabilities=probabilities,
+    )
+    try:
+        res.report.finish(strict=strict)
+    except NothingValidError as err:
+        _fail(err)
+    typer.echo(f"{len(res.masks)} masks -> {out}")
+
+
+@app.command()
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Folder of predicted *_kelp.tif.")],
+    truth: Annotated[Path, typer.Argument(help="Folder of true *_kelp.tif.")],
+    per_tile: Annotated[
+        Path | None, typer.Option(help="Write the per-tile table (CSV) here.")
+    ] = None,
+) -> None:
+    """Global Dice (all pixels), IoU, precision, recall + per-tile table. (kelpseg.infer.evaluate)"""
+    from kelpseg.infer.evaluate import evaluate as run_eval
+
+    scores, table, report = run_eval(pred, truth)
+    try:
+        report.finish()
+    except NothingValidError as err:
+        _fail(err)
+    if per_tile is not None:
+        table.to_csv(per_tile, index=False)
+    typer.echo(json.dumps(scores, indent=2))
+
+
+@app.command()
+def run(
+    data: Annotated[Path, typer.Argument(help="Dataset folder in the competition layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Test masks, to score the predictions.")
+    ] = None,
+    strict: StrictOpt = False,
+) -> None:
+    """The whole job: stats, groups, split, train, predict test tiles, metrics.json. (kelpseg.pipeline)"""
+    from kelpseg.pipeline import run_pipeline
+    from kelpseg.report import print_metrics
+
+    cfg = _config(config, set_, strict)
+    try:
+        metrics = run_pipeline(data, cfg, out, truth)
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    print_metrics(metrics, out)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo_out"),
+    aois: int = 24,
+    config: ConfigOpt = "demo",
+    set_: SetOpt = None,
+) -> None:
+    """Synthetic dataset -> `kelpseg run` on CPU, then the metrics table. (kelpseg.pipeline)"""
+    from kelpseg.pipeline import run_pipeline
+    from kelpseg.report import print_metrics
+    from kelpseg.synth import generate
+
+    cfg = _config(config, set_)
+    data = out / "data"
+    res = generate(data, aois=aois, seed=0)
+    typer.echo(f"synthetic data: {res.n_train} train + {res.n_test} test tiles in {data}")
+    metrics = run_pipeline(data, cfg, out / "run", res.test_masks)
+    print_metrics(metrics, out / "run")
+
+
+@app.command("config")
+def config_cmd(
+    name: Annotated[str | None, typer.Argument(help="Built-in name or YAML path.")] = None,
+    set_: SetOpt = None,
+) -> None:
+    """Print a config with every key and default spelled out. (kelpseg.config)"""
+    if name is None and not set_:
+        typer.echo("built-in configs: " + ", ".join(builtin_names()))
+    typer.echo(dump_config(_config(name, set_)))
+
+
+def main() -> None:  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Data stages: quality stats, AOI grouping, splits, the packed cache and datasets."""

@@ -1,0 +1,1 @@
+"""Input features: spectral indices and normalization, computed on the device per batch."""

@@ -1,0 +1,1 @@
+"""Inference: prediction of masks and probabilities, and evaluation against truth masks."""

@@ -1,0 +1,134 @@
+"""Georeference handling and atomic GeoTIFF writing.
+
+Outputs keep the input's CRS and transform, or carry none when the input had none:
+kelpseg never invents a georeference.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import NotGeoreferencedWarning
+
+
+@dataclass(frozen=True)
+class Georef:
+    """Where a raster sits on Earth; both fields None for an ungeoreferenced tile."""
+
+    crs: CRS | None = None
+    transform: Affine | None = None
+
+    @property
+    def is_georeferenced(self) -> bool:
+        return self.crs is not None or self.transform is not None
+
+
+def georef_of(src: rasterio.io.DatasetReader) -> Georef:
+    """The georeference of an open dataset, None fields where it has none."""
+    transform = src.transform
+    if transform == Affine.identity() and src.crs is None and not src.gcps[0]:
+        return Georef()
+    return Georef(crs=src.crs, transform=transform)
+
+
+@contextmanager
+def open_raster(path: str | Path) -> Iterator[rasterio.io.DatasetReader]:
+    """``rasterio.open`` for reading, quiet about tiles that carry no georeference."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            yield src
+
+
+def read_georef(path: str | Path) -> Georef:
+    """The georeference of the raster at ``path``."""
+    with open_raster(path) as src:
+        return georef_of(src)
+
+
+def write_raster(
+    path: str | Path,
+    data: np.ndarray,
+    *,
+    georef: Georef | None = None,
+    nodata: float | None = None,
+    band_names: Sequence[str] | None = None,
+    tags: dict[str, str] | None = None,
+    compress: str = "deflate",
+) -> Path:
+    """Write a GeoTIFF atomically (temporary file in the same folder, then rename).
+
+    Args:
+        path: Destination file.
+        data: ``(H, W)`` or ``(bands, H, W)`` array; its dtype is the file's dtype.
+        georef: CRS and transform to keep; ``None`` writes an ungeoreferenced file.
+        nodata: Optional nodata value.
+        band_names: Optional band descriptions (shown by GDAL and QGIS).
+        tags: Optional dataset-level metadata.
+        compress: GDAL compression.
+
+    Returns:
+        The written path.
+    """
+    path = Path(path)
+    arr = data[None] if data.ndim == 2 else data
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 2-D or 3-D array, got shape {data.shape}")
+    if band_names is not None and len(band_names) != arr.shape[0]:
+        raise ValueError(f"{len(band_names)} band names for {arr.shape[0]} bands")
+    georef = georef or Georef()
+    profile = {
+        "driver": "GTiff",
+        "height": arr.shape[1],
+        "width": arr.shape[2],
+        "count": arr.shape[0],
+        "dtype": arr.dtype.name,
+        "compress": compress,
+    }
+    if arr.dtype.kind == "f":
+        profile["predictor"] = 3
+    if georef.crs is not None:
+        profile["crs"] = georef.crs
+    if georef.transform is not None:
+        profile["transform"] = georef.transform
+    if nodata is not None:
+        profile["nodata"] = nodata
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(tmp, "w", **profile) as dst:
+                dst.write(arr)
+                if band_names is not None:
+                    for i, name in enumerate(band_names, start=1):
+                        dst.set_band_description(i, name)
+                if tags:
+                    dst.update_tags(**tags)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,47 @@
+"""Terminal summaries of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_metrics(metrics: dict, out: Path) -> None:
+    """The metrics table (network vs NDVI rule) and where the outputs are."""
+    console = Console()
+    table = Table(title="kelpseg — kelp-class Dice, counted over all pixels")
+    for col in ("model", "val Dice", "test Dice", "test IoU", "precision", "recall"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    test = metrics.get("test", {})
+
+    def f(v: float | None) -> str:
+        return "—" if v is None else f"{v:.4f}"
+
+    table.add_row(
+        "network",
+        f(metrics["val_dice"]),
+        f(test.get("dice")),
+        f(test.get("iou")),
+        f(test.get("precision")),
+        f(test.get("recall")),
+    )
+    rule = metrics.get("ndvi_rule", {})
+    label = f"NDVI rule (t={rule.get('threshold', float('nan')):.2f})"
+    table.add_row(label, "—", f(rule.get("test_dice")), "—", "—", "—")
+    console.print(table)
+    secs = metrics.get("seconds", {})
+    console.print(
+        f"{metrics['train_tiles']} training tiles in {metrics['aoi_groups']} AOI groups, "
+        f"{metrics['test_tiles']} test tiles; train {secs.get('train')} s, total {secs.get('total')} s"
+    )
+    console.print(f"outputs:  predictions  {out / 'predictions'}")
+    console.print(f"          metrics      {out / 'metrics.json'}")
+    console.print(f"          checkpoint   {metrics['predicted_with']}")
+    console.print(
+        f"          tables       {out / 'tile_stats.csv'}, {out / 'groups.csv'}, {out / 'splits.csv'}"
+    )
+    console.print(
+        f"          MLflow       mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}"
+    )

@@ -1,0 +1,1 @@
+"""Training: augmentation, model factory, losses, the LightningModule and trainer assembly."""
