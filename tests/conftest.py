@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny tiles made on the fly, and one small synthetic dataset per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+SIZE = 64
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic dataset in the competition layout (64 px tiles), with its truth."""
+    from kelpseg.synth import generate
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    return generate(root, aois=10, seed=3, size=SIZE)
+
+
+@pytest.fixture(scope="session")
+def run_out(synth_data, tmp_path_factory: pytest.TempPathFactory):
+    """One end-to-end `kelpseg run` on the small synthetic dataset with the tiny config."""
+    from kelpseg.config import load_config
+    from kelpseg.pipeline import run_pipeline
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = load_config("tiny", ["train.max_epochs=2"])
+    metrics = run_pipeline(synth_data.root, cfg, out, synth_data.test_masks)
+    return out, metrics
+
+
+@pytest.fixture(scope="session")
+def trained(run_out):
+    """The checkpoint (and folder) of that run."""
+    from types import SimpleNamespace
+
+    out, metrics = run_out
+    return SimpleNamespace(checkpoint=Path(metrics["predicted_with"]), out=out, metrics=metrics)
