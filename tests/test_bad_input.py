@@ -39,7 +39,9 @@ def _dataset_with_every_problem(root: Path) -> dict[str, str]:
     (sat / "BD000004_satellite.tif").write_bytes(b"GIF89a not a tiff")
     write_raster(root / "train_kelp/BD000004_kelp.tif", mask)
     write_raster(sat / "BD000005_satellite.tif", img, compress="none")
-    (sat / "BD000005_satellite.tif").write_bytes((sat / "BD000005_satellite.tif").read_bytes()[:3000])
+    (sat / "BD000005_satellite.tif").write_bytes(
+        (sat / "BD000005_satellite.tif").read_bytes()[:3000]
+    )
     write_raster(root / "train_kelp/BD000005_kelp.tif", mask)
     write_raster(sat / "BD000006_satellite.tif", img)  # mask missing, but metadata says train
     write_pair(root, "BD000007", img, mask * 255)
@@ -48,7 +50,9 @@ def _dataset_with_every_problem(root: Path) -> dict[str, str]:
     write_pair(root, "BD000008", missing, mask)
     ids = [f"GD00000{i}" for i in range(4)] + list(bad)
     rows = [f"{t}_satellite.tif,satellite,{t},True" for t in ids]
-    (root / "metadata_fTq0l2T.csv").write_text("filename,type,tile_id,in_train\n" + "\n".join(rows) + "\n")
+    (root / "metadata_fTq0l2T.csv").write_text(
+        "filename,type,tile_id,in_train\n" + "\n".join(rows) + "\n"
+    )
     return bad
 
 
@@ -70,7 +74,9 @@ def test_stats_skips_each_bad_file_with_a_clear_message(tmp_path: Path) -> None:
 def test_strict_fails_on_any_bad_file(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _dataset_with_every_problem(data)
-    result = runner.invoke(app, ["stats", str(data), "--out", str(tmp_path / "o"), "-c", "tiny", "--strict"])
+    result = runner.invoke(
+        app, ["stats", str(data), "--out", str(tmp_path / "o"), "-c", "tiny", "--strict"]
+    )
     assert result.exit_code == 1
     assert "--strict" in result.stderr
 
@@ -89,7 +95,9 @@ def test_predict_skips_bad_files_and_writes_the_rest(tmp_path: Path, trained) ->
     good = write_raster(tmp_path / "in/GD1_satellite.tif", make_tile(rng)[0])
     (tmp_path / "in/BAD_satellite.tif").write_text("junk")
     out = tmp_path / "pred"
-    result = runner.invoke(app, ["predict", str(trained.checkpoint), str(good.parent), "--out", str(out)])
+    result = runner.invoke(
+        app, ["predict", str(trained.checkpoint), str(good.parent), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "BAD_satellite.tif" in result.stderr and "1 ok, 1 skipped" in result.stderr
     assert (out / "GD1_kelp.tif").is_file()
@@ -108,7 +116,9 @@ def test_config_rejects_bad_values(value: str) -> None:
 
 
 def test_config_override_reaches_the_config() -> None:
-    result = runner.invoke(app, ["config", "tiny", "--set", "train.max_epochs=7", "-s", "features.indices=[NDVI]"])
+    result = runner.invoke(
+        app, ["config", "tiny", "--set", "train.max_epochs=7", "-s", "features.indices=[NDVI]"]
+    )
     assert result.exit_code == 0
     assert "max_epochs: 7" in result.stdout
     assert json.dumps("NDVI") in result.stdout or "- NDVI" in result.stdout

@@ -15,7 +15,9 @@ EPS = 1e-10
 REFERENCE = {
     "DEMWM": lambda S, N, R, G, B, D: np.maximum(D, 0),
     "NDVI": lambda S, N, R, G, B, D: (N - R) / (N + R + EPS),
-    "ATSAVI": lambda S, N, R, G, B, D: 1.22 * (N - 1.22 * R - 0.03) / (1.22 * N + R - 1.22 * 0.03 + 0.08 * (1 + 1.22**2) + EPS),
+    "ATSAVI": lambda S, N, R, G, B, D: (
+        1.22 * (N - 1.22 * R - 0.03) / (1.22 * N + R - 1.22 * 0.03 + 0.08 * (1 + 1.22**2) + EPS)
+    ),
     "AVI": lambda S, N, R, G, B, D: 2 * N - R,
     "CI": lambda S, N, R, G, B, D: (R - B) / (R + EPS),
     "ClGreen": lambda S, N, R, G, B, D: N / (G + EPS) - 1,
@@ -42,7 +44,9 @@ def test_registry_has_the_17_winning_indices() -> None:
 def test_index_matches_design_formula(name: str, units: str) -> None:
     rng = np.random.default_rng(0)
     lo, hi = (6000, 20000) if units == "dn" else (0.02, 0.5)
-    arrs = [rng.uniform(lo, hi, size=(2, 16, 16)) for _ in range(5)] + [rng.uniform(-5, 50, (2, 16, 16))]
+    arrs = [rng.uniform(lo, hi, size=(2, 16, 16)) for _ in range(5)] + [
+        rng.uniform(-5, 50, (2, 16, 16))
+    ]
     bands = Bands(*(torch.from_numpy(a) for a in arrs))
     got = INDICES[name](bands).numpy()
     np.testing.assert_allclose(got, REFERENCE[name](*arrs), rtol=1e-9, atol=1e-12)
@@ -85,7 +89,9 @@ def test_land_masking_leaves_demwm_and_masks_indices() -> None:
 
 
 def test_fill_nonfinite_uses_channel_extremes() -> None:
-    x = torch.tensor([[[[1.0, float("nan")], [float("-inf"), float("inf")]], [[5.0, 2.0], [3.0, float("nan")]]]])
+    x = torch.tensor(
+        [[[[1.0, float("nan")], [float("-inf"), float("inf")]], [[5.0, 2.0], [3.0, float("nan")]]]]
+    )
     y = fill_nonfinite(x)
     assert y[0, 0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
     assert y[0, 1].tolist() == [[5.0, 2.0], [3.0, 2.0]]
@@ -109,3 +115,15 @@ def test_bounds_are_quantiles_of_valid_pixels_and_saved_in_state() -> None:
 def test_pad_to_multiple_of_32() -> None:
     x, pad = pad_to_multiple(torch.zeros(1, 3, 350, 350))
     assert x.shape[-2:] == (352, 352) and pad == (2, 2)
+
+
+@pytest.mark.parametrize("normalize", ["quantile", "zscore", "sample_minmax"])
+def test_cpu_chunking_does_not_change_the_features(normalize: str) -> None:
+    from kelpseg.config import FeaturesConfig
+
+    raw = _raw(np.random.default_rng(5), b=5)
+    raw[1, :5, :3] = -32768
+    cfg = FeaturesConfig(indices=list(WINNING_17), mask_land=True, normalize=normalize)
+    fb = FeatureBuilder.from_config(cfg)
+    fb.fit_bounds(raw)
+    assert torch.equal(fb(raw), fb._features(raw))  # forward goes 2 samples at a time on a CPU

@@ -10,7 +10,16 @@ import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 
-from kelpseg.io import Georef, TileError, discover, find_images, read_georef, read_mask, read_tile, write_raster
+from kelpseg.io import (
+    Georef,
+    TileError,
+    discover,
+    find_images,
+    read_georef,
+    read_mask,
+    read_tile,
+    write_raster,
+)
 from tests.tiles import make_tile, write_pair
 
 

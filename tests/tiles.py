@@ -11,7 +11,9 @@ from kelpseg.io import write_raster
 SIZE = 64
 
 
-def make_tile(rng: np.random.Generator, size: int = SIZE, kelp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def make_tile(
+    rng: np.random.Generator, size: int = SIZE, kelp: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """A plausible raw tile (land on the left, sea on the right) and its mask."""
     img = rng.integers(7000, 9000, size=(7, size, size)).astype(np.int16)
     img[5] = 0

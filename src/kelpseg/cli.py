@@ -32,6 +32,12 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Override, e.g. train.max_epochs=3 (repeatable)."),
 ]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit non-zero on any bad file.")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Continue interrupted folds from OUT/fold*/last.ckpt; skip finished ones."
+    ),
+]
 
 
 def _config(config: str | None, overrides: list[str] | None, strict: bool = False):
@@ -77,6 +83,7 @@ def stats(
     strict: StrictOpt = False,
 ) -> None:
     """Per-tile quality flags and per-band stats -> tile_stats.csv, band_stats.json. (kelpseg.data.stats)"""
+    from kelpseg.data.quality import flag_summary
     from kelpseg.pipeline import run_stats
 
     cfg = _config(config, set_, strict)
@@ -84,7 +91,8 @@ def stats(
         _, table = run_stats(data, cfg, out)
     except (NothingValidError, FileNotFoundError) as err:
         _fail(err)
-    typer.echo(f"{len(table)} valid tiles -> {out / 'tile_stats.csv'}, {out / 'band_stats.json'}")
+    typer.echo(flag_summary(out / "tile_stats.csv"))
+    typer.echo(f"{len(table)} usable tiles -> {out / 'tile_stats.csv'}, {out / 'band_stats.json'}")
 
 
 @app.command()
@@ -94,21 +102,31 @@ def groups(
     threshold: Annotated[
         float | None, typer.Option(help="Cosine similarity to join tiles.")
     ] = None,
+    max_group_size: Annotated[
+        int | None, typer.Option(help="Split larger groups (deterministic).")
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
     """AOI groups of the training tiles from DEM embeddings -> groups.csv. (kelpseg.data.groups)"""
+    from kelpseg.data.groups import capped_groups
     from kelpseg.pipeline import run_groups, run_stats
 
     cfg = _config(config, set_)
     if threshold is not None:
         cfg.groups.threshold = threshold
+    if max_group_size is not None:
+        cfg.groups.max_group_size = max_group_size
     try:
         refs, table = run_stats(data, cfg, out)
     except (NothingValidError, FileNotFoundError) as err:
         _fail(err)
-    g = run_groups(refs, table, cfg, out)
-    typer.echo(f"{len(g)} tiles in {g['aoi'].nunique()} AOI groups -> {out / 'groups.csv'}")
+    try:
+        g = run_groups(refs, table, cfg, out)
+    except (ValueError, FileNotFoundError) as err:
+        _fail(err)
+    capped = f", {capped_groups(g)} split by max_group_size" if cfg.groups.max_group_size else ""
+    typer.echo(f"{len(g)} tiles in {g['aoi'].nunique()} AOI groups{capped} -> {out / 'groups.csv'}")
 
 
 @app.command()
@@ -141,11 +159,13 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     strict: StrictOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the configured fold(s); checkpoints in OUT/fold*/, runs in MLflow. (kelpseg.train.fit)"""
     from kelpseg.pipeline import prepare, run_training
 
     cfg = _config(config, set_, strict)
+    cfg.train.resume = cfg.train.resume or resume
     try:
         prep = prepare(data, cfg, out, reuse=True)
         results = run_training(prep, cfg, out)
@@ -222,12 +242,14 @@ def run(
         Path | None, typer.Option(help="Test masks, to score the predictions.")
     ] = None,
     strict: StrictOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """The whole job: stats, groups, split, train, predict test tiles, metrics.json. (kelpseg.pipeline)"""
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
 
     cfg = _config(config, set_, strict)
+    cfg.train.resume = cfg.train.resume or resume
     try:
         metrics = run_pipeline(data, cfg, out, truth)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
@@ -253,6 +275,56 @@ def demo(
     typer.echo(f"synthetic data: {res.n_train} train + {res.n_test} test tiles in {data}")
     metrics = run_pipeline(data, cfg, out / "run", res.test_masks)
     print_metrics(metrics, out / "run")
+
+
+@app.command()
+def indices(
+    tile: Annotated[Path, typer.Argument(help="A 7-band tile or scene (int16 GeoTIFF).")],
+    names: Annotated[
+        str, typer.Option(help="Comma-separated: table names (NDVI, ATSAVI...) or spyndex ones.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoTIFF (float32).")],
+    units: Annotated[str, typer.Option(help="dn (as the 2nd-place code) or reflectance.")] = "dn",
+    mask_land: Annotated[bool, typer.Option(help="NaN where QA != 0 or DEM > 0.")] = False,
+    fill: Annotated[
+        bool, typer.Option(help="NaN/-inf -> band minimum, +inf -> maximum (as the network).")
+    ] = False,
+) -> None:
+    """Spectral indices of TILE as named float32 bands keeping its georeference. (kelpseg.features.export)"""
+    from kelpseg.features.export import write_indices
+    from kelpseg.features.indices import UnknownIndexError
+    from kelpseg.io import TileError
+
+    if units not in ("dn", "reflectance"):
+        _fail(ValueError(f"--units must be dn or reflectance, not {units!r}"))
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    try:
+        path = write_indices(tile, chosen, out, units=units, mask_land=mask_land, fill=fill)
+    except (UnknownIndexError, TileError) as err:
+        _fail(err)
+    typer.echo(f"{len(chosen)} indices ({units}) -> {path}")
+
+
+@app.command()
+def eda(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("eda"),
+    work: Annotated[
+        Path | None, typer.Option(help="Folder of the stats/groups/splits tables (default OUT).")
+    ] = None,
+    samples: Annotated[int, typer.Option(help="Rows of the sample-tile grid.")] = 16,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """EDA report: one HTML page with stats, composites, AOI groups, folds, flagged tiles. (kelpseg.eda)"""
+    from kelpseg.eda import build_report
+
+    cfg = _config(config, set_)
+    try:
+        page = build_report(data, out, cfg, work=work, samples=samples)
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"report -> {page}")
 
 
 @app.command("config")

@@ -22,14 +22,43 @@ class DataConfig(_Section):
 
     tile_size: int | None = Field(350, description="Expected tile side in px; null accepts any.")
     strict: bool = Field(False, description="Fail on the first bad file instead of skipping it.")
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Leave out training tiles with any of these tile_stats flags, e.g. "
+        "[mask_suspect, high_corrupted_pixels_pct] (kelpseg.data.quality.FLAG_COLUMNS).",
+    )
+    correct_dem_shift: bool = Field(
+        True,
+        description="Undo DEM shifts that `kelpseg stats` detected with confidence before AOI "
+        "grouping (kelpseg.data.quality.correct_dem does it for any raw tile).",
+    )
+
+    @field_validator("exclude")
+    @classmethod
+    def _exclude(cls, v: list[str]) -> list[str]:
+        from kelpseg.data.quality import FLAG_COLUMNS
+
+        bad = [f for f in v if f not in FLAG_COLUMNS]
+        if bad:
+            raise ValueError(f"unknown tile flag(s) {bad}; choose from {', '.join(FLAG_COLUMNS)}")
+        return v
 
 
 class GroupsConfig(_Section):
     """AOI de-duplication: tiles whose DEM embeddings are this similar share an AOI."""
 
     threshold: float = Field(0.97, ge=-1.0, le=1.0)
-    embedding: Literal["dem-pool"] = "dem-pool"
+    embedding: Literal["dem-pool", "timm"] = Field(
+        "dem-pool", description="dem-pool (no weights) or timm (a CNN; needs timm_weights)."
+    )
     grid: int = Field(16, ge=4, description="Side of the pooled DEM grid the embedding uses.")
+    timm_model: str = Field("resnet50", description="timm model of the timm embedding.")
+    timm_weights: str | None = Field(
+        None, description="Local weights file for timm_model (never downloaded)."
+    )
+    max_group_size: int | None = Field(
+        None, ge=1, description="Split larger groups deterministically; null = no cap."
+    )
 
 
 class SplitConfig(_Section):
@@ -39,22 +68,82 @@ class SplitConfig(_Section):
     seed: int = 42
 
 
-class FeaturesConfig(_Section):
-    """Input channels: bands, spectral indices and their normalization."""
+BandName = Literal["SWIR1", "NIR", "Red", "Green", "Blue", "QA", "DEM"]
+LossName = Literal["dice", "bce", "jaccard", "tversky", "lovasz", "focal"]
+Precision = Literal["32-true", "16-mixed", "bf16-mixed"]
+NormMode = Literal["quantile", "zscore", "minmax", "sample_quantile", "sample_minmax", "none"]
+_PRECISION_ALIASES = {"32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed"}
 
-    indices: list[str] = Field(default_factory=lambda: ["NDVI", "DEMWM"])
+
+class FeaturesConfig(_Section):
+    """Input channels: bands, spectral indices and their normalization (DESIGN.md stages 4-5)."""
+
+    bands: list[BandName] = Field(
+        default_factory=lambda: ["SWIR1", "NIR", "Red", "Green", "Blue", "QA", "DEM"],
+        description="Tile bands fed to the network, in this order (indices follow).",
+    )
+    indices: list[str] = Field(
+        default_factory=lambda: ["NDVI", "DEMWM"],
+        description="Names from the 17-index table, or any spyndex index (`spyndex:NAME`).",
+    )
     units: Literal["dn", "reflectance"] = "dn"
     mask_land: bool = Field(False, description="Mask indices where QA != 0 or DEMWM != 0.")
+    fill: Literal["min"] | float = Field(
+        "min",
+        description="Missing pixels: `min` = the sample's channel minimum before normalization, "
+        "or a number written into the normalized output.",
+    )
+    normalize: NormMode = Field(
+        "quantile", description="`sample_*` use each sample's own statistics."
+    )
+    stats_pixels: Literal["valid", "water"] = Field(
+        "valid", description="Pixels the statistics come from: all valid ones or water only."
+    )
     quantiles: tuple[float, float] = (0.01, 0.99)
     stats_tiles: int = Field(256, ge=1, description="Training tiles sampled for the stats.")
+
+    @field_validator("indices")
+    @classmethod
+    def _indices(cls, v: list[str]) -> list[str]:
+        from kelpseg.features.indices import resolve
+
+        return resolve(v)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= v[0] < v[1] <= 1.0:
+            raise ValueError(f"quantiles must satisfy 0 <= low < high <= 1, got {v}")
+        return v
+
+
+class AugmentConfig(_Section):
+    """Batch augmentation on the device (DESIGN.md stage 7): no noise, colour or resize changes."""
+
+    flips: bool = Field(True, description="Random flips and 90-degree turns (exact).")
+    rotate_degrees: float = Field(
+        0.0, ge=0.0, le=90.0, description="Random rotation within +-degrees; 0 = off."
+    )
+    rotate_padding: Literal["zeros", "border", "reflection"] = "reflection"
 
 
 class ModelConfig(_Section):
     """segmentation-models-pytorch architecture and encoder (smp name or ``tu-`` timm name)."""
 
-    arch: str = "Unet"
+    arch: str = Field(
+        "Unet", description="Any `smp.create_model` name (Unet, UnetPlusPlus, FPN...)."
+    )
     encoder: str = "tu-efficientnet_b5"
     encoder_weights: str | None = Field(None, description="null = random init (offline).")
+    encoder_depth: int | None = Field(None, ge=1, le=5, description="null = the arch default.")
+    decoder_channels: list[int] | int | None = Field(None, description="null = the arch default.")
+    decoder_attention_type: Literal["scse"] | None = Field(
+        None, description="Unet / UnetPlusPlus decoder attention."
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments of the smp architecture."
+    )
+    channels_last: bool = Field(False, description="channels_last memory format (GPU + AMP).")
 
 
 class TrainConfig(_Section):
@@ -65,16 +154,41 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1)
     samples_per_epoch: int | None = Field(10240, ge=1)
     crop_size: int | None = Field(None, description="Random training crop (px); null = full tile.")
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    pct_start: float = 0.1
-    div_factor: float = 2.0
-    final_div_factor: float = 100.0
-    precision: str = "32-true"
+    loss: dict[LossName, float] = Field(
+        default_factory=lambda: {"dice": 1.0}, description="Weighted sum of smp losses."
+    )
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(3e-4, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, description="SGD only.")
+    scheduler: Literal["onecycle", "cosine", "step", "plateau", "constant"] = "onecycle"
+    pct_start: float = Field(0.1, gt=0.0, lt=1.0, description="onecycle.")
+    div_factor: float = Field(2.0, gt=0.0, description="onecycle: initial lr = lr / div_factor.")
+    final_div_factor: float = Field(100.0, gt=0.0, description="onecycle.")
+    min_lr: float = Field(0.0, ge=0.0, description="cosine: the final learning rate.")
+    step_epochs: int = Field(3, ge=1, description="step: epochs between decays.")
+    gamma: float = Field(0.1, gt=0.0, description="step: decay factor.")
+    plateau_patience: int = Field(2, ge=0, description="plateau: epochs without val/dice gain.")
+    plateau_factor: float = Field(0.5, gt=0.0, lt=1.0, description="plateau: decay factor.")
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = Field(None, gt=0.0)
+    swa: bool = Field(False, description="Stochastic weight averaging (Lightning callback).")
+    swa_lr: float | None = Field(None, gt=0.0, description="SWA learning rate; null = lr / 10.")
+    swa_epoch_start: float | int = Field(0.8, gt=0.0, description="Fraction or epoch index.")
+    precision: Precision = Field("32-true", description="32-true, 16-mixed or bf16-mixed (AMP).")
     accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_workers: int = 0
+    devices: int | str | list[int] = "auto"
+    strategy: str = Field("auto", description="Lightning strategy: auto, ddp, ddp_spawn, fsdp...")
+    num_nodes: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
     seed: int = 42
+    deterministic: bool | Literal["warn"] = Field(
+        False, description="torch deterministic algorithms (exact repeats, slower on GPU)."
+    )
+    resume: bool = Field(False, description="Continue from OUT/fold*/last.ckpt (CLI --resume).")
+    log_images: int = Field(
+        4, ge=0, description="Validation tiles drawn into an MLflow figure each epoch; 0 = off."
+    )
     sampler_weights: dict[str, float] = Field(
         default_factory=lambda: {
             "has_kelp": 3.0,
@@ -95,6 +209,18 @@ class TrainConfig(_Section):
             return [v]
         if isinstance(v, str) and v != "all":
             return [int(x) for x in v.split(",")]
+        return v
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision(cls, v: Any) -> Any:
+        return _PRECISION_ALIASES.get(str(v), v)
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("train.loss needs at least one weighted loss, e.g. {dice: 1.0}")
         return v
 
 
@@ -120,6 +246,7 @@ class Config(_Section):
     groups: GroupsConfig = Field(default_factory=GroupsConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)

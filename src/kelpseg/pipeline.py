@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from kelpseg.config import Config, dump_config
-from kelpseg.data.groups import compute_groups
+from kelpseg.data.groups import TimmSpec, compute_groups, dem_shifts
 from kelpseg.data.splits import make_folds
-from kelpseg.data.stats import compute_stats, write_stats
+from kelpseg.data.stats import compute_stats, mark_excluded, write_stats
 from kelpseg.io import TileRef, discover
 from kelpseg.io.raster import atomic_write_text
 
@@ -36,12 +36,17 @@ class Prepared:
 
 
 def run_stats(data: Path, cfg: Config, out: Path) -> tuple[dict[str, TileRef], pd.DataFrame]:
-    """Validate every tile, write ``tile_stats.csv`` and ``band_stats.json``."""
+    """Validate every tile, write ``tile_stats.csv`` and ``band_stats.json``.
+
+    Returns the discovered tiles and the table of the usable ones: valid tiles less the
+    training tiles ``data.exclude`` leaves out (``tile_stats.csv`` keeps those, ``excluded``).
+    """
     refs = {r.tile_id: r for r in discover(data)}
     result = compute_stats(list(refs.values()), size=cfg.data.tile_size)
+    result.tiles = mark_excluded(result.tiles, cfg.data.exclude)
     write_stats(result, out)
     result.report.finish(strict=cfg.data.strict)
-    return refs, result.tiles
+    return refs, result.tiles[~result.tiles["excluded"]].reset_index(drop=True)
 
 
 def run_groups(
@@ -50,7 +55,16 @@ def run_groups(
     """AOI groups of the valid training tiles -> ``groups.csv``."""
     ids = stats.loc[stats["split"] == "train", "tile_id"].tolist()
     g = cfg.groups
-    groups = compute_groups(ids, [refs[t].image for t in ids], threshold=g.threshold, grid=g.grid)
+    groups = compute_groups(
+        ids,
+        [refs[t].image for t in ids],
+        threshold=g.threshold,
+        grid=g.grid,
+        embedding=g.embedding,
+        timm=TimmSpec(g.timm_model, Path(g.timm_weights) if g.timm_weights else None),
+        max_group_size=g.max_group_size,
+        shifts=dem_shifts(stats, ids) if cfg.data.correct_dem_shift else None,
+    )
     atomic_write_text(out / "groups.csv", groups.to_csv(index=False))
     return groups
 

@@ -6,11 +6,13 @@ fancy-indexing read of the memory map: no per-sample Python work in the loop.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, WeightedRandomSampler
+from torch.utils.data import Dataset, Sampler
 
 from kelpseg.data.cache import PackedTiles
 
@@ -70,10 +72,46 @@ def tile_weights(tiles: pd.DataFrame, factors: dict[str, float], floor: float = 
     return np.maximum(score, floor)
 
 
+class EpochWeightedSampler(Sampler[int]):
+    """Weighted random draws with replacement, reproducible per epoch.
+
+    Epoch ``e`` draws from a generator seeded with ``(seed, e)``, so a run resumed at epoch
+    ``e`` sees the same tiles as an uninterrupted one. Lightning calls :meth:`set_epoch` before
+    each epoch (also through its ``DistributedSamplerWrapper``, which then shards the draws
+    across ranks: every rank draws the same list). Without ``set_epoch`` each iteration moves
+    on to the next epoch by itself.
+
+    Args:
+        weights: Per-item weights (need not sum to 1).
+        num_samples: Draws per epoch.
+        seed: Base seed.
+    """
+
+    def __init__(self, weights: np.ndarray | Tensor, num_samples: int, seed: int = 0) -> None:
+        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.double)
+        if self.weights.ndim != 1 or len(self.weights) == 0 or not (self.weights >= 0).all():
+            raise ValueError("sampler weights must be a non-empty 1-D array of values >= 0")
+        self.num_samples = int(num_samples)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the tiles of ``epoch`` on the next iteration."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1, np.uint64)[0])
+        gen = torch.Generator().manual_seed(seed)
+        self.epoch += 1
+        draws = torch.multinomial(self.weights, self.num_samples, replacement=True, generator=gen)
+        return iter(draws.tolist())
+
+
 def make_sampler(
     tiles: pd.DataFrame, factors: dict[str, float], num_samples: int, seed: int
-) -> WeightedRandomSampler:
+) -> EpochWeightedSampler:
     """Weighted random sampler drawing ``num_samples`` tiles per epoch with replacement."""
-    weights = torch.as_tensor(tile_weights(tiles, factors), dtype=torch.double)
-    gen = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(weights, num_samples=num_samples, replacement=True, generator=gen)
+    return EpochWeightedSampler(tile_weights(tiles, factors), num_samples, seed)

@@ -1,1 +1,2 @@
-"""Training: augmentation, model factory, losses, the LightningModule and trainer assembly."""
+"""Training: augmentation, model factory, losses, optimizers and schedulers, sample figures,
+the LightningModule and trainer assembly."""

@@ -1,7 +1,9 @@
 """The LightningModule: features, augmentation, the network, the loss and kelp-class metrics.
 
 Validation metrics count TP/FP/FN over every pixel of the validation set (the competition's
-Dice), for the kelp class only.
+Dice), for the kelp class only. Augmentation draws come from a generator seeded by
+``(seed, epoch, batch, rank)``, so an interrupted run resumed from a checkpoint sees the same
+batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from torchmetrics.classification import (  # noqa: E402
 
 from kelpseg.config import Config  # noqa: E402
 from kelpseg.features.pipeline import FeatureBuilder, pad_to_multiple  # noqa: E402
-from kelpseg.train.augment import random_crop, random_dihedral  # noqa: E402
+from kelpseg.train.augment import augment_batch, step_generator  # noqa: E402
 from kelpseg.train.losses import WeightedLoss  # noqa: E402
-from kelpseg.train.model import INPUT_MULTIPLE, build_model  # noqa: E402
+from kelpseg.train.model import build_model, input_divisor  # noqa: E402
+from kelpseg.train.optim import build_optimizer, build_scheduler  # noqa: E402
 
 
 def kelp_metrics(prefix: str, threshold: float = 0.5) -> MetricCollection:
@@ -54,39 +57,61 @@ class KelpSegModule(L.LightningModule):
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # kelpseg logs the flat config itself
         self.cfg = Config.model_validate(config)
-        f = self.cfg.features
-        self.features = FeatureBuilder(f.indices, f.units, f.mask_land)
+        self.features = FeatureBuilder.from_config(self.cfg.features)
         self.net = build_model(self.cfg.model, self.features.num_channels)
-        self.loss = WeightedLoss({"dice": 1.0})
+        self.divisor = input_divisor(self.net)
+        self.channels_last = self.cfg.model.channels_last
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.loss = WeightedLoss(dict(self.cfg.train.loss))
         self.val_metrics = kelp_metrics("val/", self.cfg.predict.threshold)
+
+    def _net(self, x: Tensor) -> Tensor:
+        """Pad to the encoder's multiple, run the network, crop back."""
+        h, w = x.shape[-2:]
+        x, _ = pad_to_multiple(x, self.divisor)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)[..., :h, :w]
 
     def forward(self, raw: Tensor) -> Tensor:
         """Logits ``(B, 1, H, W)`` for raw tiles of any size (padded internally)."""
-        x = self.features(raw)
-        h, w = x.shape[-2:]
-        x, _ = pad_to_multiple(x, INPUT_MULTIPLE)
-        return self.net(x)[..., :h, :w]
+        return self._net(self.features(raw))
 
     @torch.no_grad()
     def predict_proba(self, raw: Tensor) -> Tensor:
         """Kelp probability ``(B, H, W)``."""
         return torch.sigmoid(self(raw))[:, 0]
 
+    def augment(self, x: Tensor, y: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """The configured augmentation, drawn from ``(seed, epoch, batch, rank)``."""
+        a, t = self.cfg.augment, self.cfg.train
+        gen = step_generator(t.seed, self.current_epoch, batch_idx, self.global_rank)
+        return augment_batch(
+            x,
+            y,
+            flips=a.flips,
+            rotate_degrees=a.rotate_degrees,
+            rotate_padding=a.rotate_padding,
+            crop_size=t.crop_size,
+            generator=gen,
+        )
+
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         raw, mask = batch
         x = self.features(raw)
-        y = mask[:, None].to(x.dtype)
-        x, y = random_dihedral(x, y)
-        if self.cfg.train.crop_size:
-            x, y = random_crop(x, y, self.cfg.train.crop_size)
-        h, w = x.shape[-2:]
-        x, _ = pad_to_multiple(x, INPUT_MULTIPLE)
-        logits = self.net(x)[..., :h, :w]
-        loss = self.loss(logits, y)
+        x, y = self.augment(x, mask[:, None].to(x.dtype), batch_idx)
+        loss = self.loss(self._net(x).float(), y)
         self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(raw)
+            "train/loss",
+            loss,
+            prog_bar=True,
+            on_step=True,
+            on_epoch=True,
+            batch_size=len(raw),
+            sync_dist=True,
         )
         return loss
 
@@ -94,24 +119,18 @@ class KelpSegModule(L.LightningModule):
         raw, mask = batch
         logits = self(raw)
         y = mask[:, None]
-        loss = self.loss(logits, y.to(logits.dtype))
-        self.log("val/loss", loss, on_epoch=True, batch_size=len(raw))
-        self.val_metrics.update(torch.sigmoid(logits).flatten(), y.flatten().long())
+        loss = self.loss(logits.float(), y.float())
+        self.log("val/loss", loss, on_epoch=True, batch_size=len(raw), sync_dist=True)
+        self.val_metrics.update(torch.sigmoid(logits.float()).flatten(), y.flatten().long())
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
-        self.log("val_dice", self.val_metrics["dice"].compute(), prog_bar=True, logger=False)
+        scores = self.val_metrics.compute()  # synced across processes by torchmetrics
+        self.log_dict(scores, prog_bar=False, sync_dist=True)
+        self.log("val_dice", scores["val/dice"], prog_bar=True, logger=False, sync_dist=True)
         self.val_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         t = self.cfg.train
-        opt = torch.optim.AdamW(self.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(
-            opt,
-            max_lr=t.lr,
-            total_steps=max(int(self.trainer.estimated_stepping_batches), 1),
-            pct_start=t.pct_start,
-            div_factor=t.div_factor,
-            final_div_factor=t.final_div_factor,
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        opt = build_optimizer(self.parameters(), t)
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else 1
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, t, int(total))}

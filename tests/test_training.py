@@ -1,0 +1,484 @@
+"""The training recipe: every config option on tiny in-memory data, checked for its behaviour."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kelpseg.compat import ensure_torchvision
+
+ensure_torchvision()
+
+import segmentation_models_pytorch as smp  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from kelpseg.config import ConfigError, TrainConfig, load_config  # noqa: E402
+from kelpseg.data.cache import PackedTiles  # noqa: E402
+from kelpseg.data.dataset import (  # noqa: E402
+    EpochWeightedSampler,
+    PackedDataset,
+    keep_batch,
+    make_sampler,
+    tile_weights,
+)
+from kelpseg.features.indices import WINNING_17  # noqa: E402
+from kelpseg.features.pipeline import FeatureBuilder  # noqa: E402
+from kelpseg.train.augment import augment_batch, random_rotate, step_generator  # noqa: E402
+from kelpseg.train.losses import LOSSES, WeightedLoss  # noqa: E402
+from kelpseg.train.model import build_model  # noqa: E402
+from kelpseg.train.module import KelpSegModule  # noqa: E402
+from kelpseg.train.optim import build_optimizer, build_scheduler  # noqa: E402
+from tests.tiles import make_tile  # noqa: E402
+
+SMALL_NET = ["model.encoder=tu-mobilenetv3_small_050", "model.decoder_channels=[16,16,16,8,8]"]
+
+
+# ---------------------------------------------------------------- data and sampler
+
+
+@pytest.fixture(scope="module")
+def tiny() -> tuple[PackedTiles, pd.DataFrame]:
+    """16 in-memory 64 px tiles in 2 folds; the odd ones carry kelp."""
+    rng = np.random.default_rng(0)
+    pairs = [make_tile(rng, kelp=i % 2 == 1) for i in range(16)]
+    ids = [f"T{i:02d}" for i in range(16)]
+    packed = PackedTiles(ids, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    kelp = packed.masks.sum(axis=(1, 2))
+    tiles = pd.DataFrame(
+        {
+            "tile_id": ids,
+            "fold": [(i // 2) % 2 for i in range(16)],
+            "kelp_pixels": kelp,
+            "has_kelp": kelp > 0,
+            "kelp_pixels_pct": 100 * kelp / 64**2,
+            "qa_ok": True,
+            "qa_corrupted_pixels_pct": 0.0,
+            "almost_all_water": False,
+            "dem_nan_pixels_pct": 50.0,
+            "dem_zero_pixels_pct": 25.0,
+        }
+    )
+    return packed, tiles
+
+
+def test_sampler_draws_tiles_in_proportion_to_their_weights(tiny) -> None:
+    _, tiles = tiny
+    factors = TrainConfig().sampler_weights
+    w = tile_weights(tiles, factors)
+    kelp = tiles["has_kelp"].to_numpy()
+    assert (w[kelp] > w[~kelp]).all()  # has_kelp 3.0 dominates
+    sampler = make_sampler(tiles, factors, 40_000, seed=1)
+    counts = np.bincount(list(sampler), minlength=len(tiles)) / 40_000
+    np.testing.assert_allclose(counts, w / w.sum(), atol=0.01)
+    assert counts[kelp].sum() > 0.9
+
+
+def test_sampler_epochs_are_reproducible_and_resumable() -> None:
+    w = np.linspace(0.1, 1.0, 10)
+    running = EpochWeightedSampler(w, 50, seed=7)
+    epochs = []
+    for e in range(3):
+        running.set_epoch(e)
+        epochs.append(list(running))
+    assert epochs[0] != epochs[1]
+    fresh = EpochWeightedSampler(w, 50, seed=7)  # e.g. a process resumed at epoch 2
+    fresh.set_epoch(2)
+    assert list(fresh) == epochs[2]
+    auto = EpochWeightedSampler(w, 50, seed=7)  # without set_epoch: moves on by itself
+    assert [list(auto) for _ in range(3)] == epochs
+
+
+def test_sampler_is_sharded_by_lightnings_ddp_wrapper() -> None:
+    from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+
+    sampler = EpochWeightedSampler(np.ones(20), 40, seed=3)
+    shards = []
+    for rank in range(2):
+        wrapped = DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, shuffle=False)
+        wrapped.set_epoch(4)
+        shards.append(list(wrapped))
+    sampler.set_epoch(4)
+    full = list(sampler)
+    assert len(shards[0]) == len(shards[1]) == 20
+    assert sorted(shards[0] + shards[1]) == sorted(full)  # every draw once, across ranks
+
+
+def test_dataset_reads_whole_batches_in_sampler_order(tiny) -> None:
+    packed, tiles = tiny
+    ds = PackedDataset(packed, np.arange(len(tiles)))
+    dl = DataLoader(ds, batch_size=5, sampler=[7, 2, 2, 9, 0], collate_fn=keep_batch)
+    raw, mask = next(iter(dl))
+    assert raw.dtype == torch.int16 and raw.shape == (5, 7, 64, 64)
+    assert torch.equal(raw, torch.from_numpy(packed.images[[7, 2, 2, 9, 0]]))
+    assert torch.equal(mask, torch.from_numpy(packed.masks[[7, 2, 2, 9, 0]]))
+
+
+# ---------------------------------------------------------------- features and normalization
+
+
+def _raw(seed: int = 0, b: int = 4, size: int = 24) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    raw = rng.integers(6000, 20000, size=(b, 7, size, size)).astype(np.int16)
+    raw[:, 5] = rng.random((b, size, size)) < 0.1
+    raw[:, 6] = rng.integers(-5, 50, size=(b, size, size))
+    return torch.from_numpy(raw)
+
+
+def test_band_selection_and_order() -> None:
+    raw = _raw()
+    order = ["Red", "Green", "Blue", "SWIR1", "NIR", "QA", "DEM"]
+    fb = FeatureBuilder(["NDVI"], bands=order, normalize="none")
+    feats = fb.raw_features(raw)
+    assert fb.channel_names == [*order, "NDVI"] and feats.shape[1] == 8
+    for i, row in enumerate([2, 3, 4, 0, 1, 5, 6]):
+        assert torch.equal(feats[:, i], raw[:, row].float())
+    assert FeatureBuilder([], bands=["NIR"]).num_channels == 1
+
+
+def test_zscore_gives_zero_mean_unit_std_on_the_fit_data() -> None:
+    raw = _raw(1)
+    fb = FeatureBuilder(["NDVI", "AVI"], normalize="zscore")
+    fb.fit_bounds(raw)
+    x = fb(raw).transpose(0, 1).reshape(9, -1).double()
+    np.testing.assert_allclose(x.mean(1).numpy(), 0.0, atol=1e-4)
+    np.testing.assert_allclose(x.std(1, correction=0).numpy(), 1.0, atol=1e-4)
+
+
+def test_minmax_spans_zero_to_one_on_the_fit_data() -> None:
+    raw = _raw(2)
+    fb = FeatureBuilder(list(WINNING_17), normalize="minmax")
+    fb.fit_bounds(raw)
+    x = fb(raw).transpose(0, 1).reshape(fb.num_channels, -1)
+    varying = fb.q_high - fb.q_low != 1  # constant channels keep (lo, lo + 1)
+    torch.testing.assert_close(x.amin(1)[varying], torch.zeros(int(varying.sum())))
+    torch.testing.assert_close(x.amax(1)[varying], torch.ones(int(varying.sum())))
+
+
+@pytest.mark.parametrize("mode", ["sample_minmax", "sample_quantile"])
+def test_per_sample_modes_ignore_the_other_samples(mode: str) -> None:
+    raw = _raw(3)
+    raw[2, :5] //= 2  # a much darker sample
+    fb = FeatureBuilder(["NDVI", "MVI"], normalize=mode, quantiles=(0.05, 0.95))
+    batch = fb(raw)
+    for i in range(len(raw)):
+        torch.testing.assert_close(batch[i : i + 1], fb(raw[i : i + 1]))
+    x = batch.flatten(-2)
+    assert x.min() >= 0 and (x.amin(-1)[:, :5] <= 1e-6).all()  # every sample reaches 0
+    if mode == "sample_minmax":
+        assert (x.amax(-1)[:, :5] >= 1 - 1e-6).all()
+    else:
+        q = torch.quantile(raw[0, 1].double().flatten(), torch.tensor([0.05, 0.95]).double())
+        expected = ((raw[0, 1].double() - q[0]) / (q[1] - q[0])).clamp(0, 1)
+        torch.testing.assert_close(batch[0, 1].double(), expected, atol=1e-4, rtol=0)
+
+
+def test_stats_from_water_pixels_only() -> None:
+    raw = _raw(4)
+    raw[:, 6, :, 12:] = 0  # water on the right
+    raw[:, 6, :, :12] = 40
+    raw[:, 1, :, :12] = 30000  # bright land NIR must not enter the statistics
+    fb = FeatureBuilder([], normalize="zscore", stats_pixels="water")
+    fb.fit_bounds(raw)
+    water_nir = raw[:, 1, :, 12:].double()
+    assert fb.q_low[1].item() == pytest.approx(water_nir.mean().item(), rel=1e-5)
+    x = fb(raw)[:, 1, :, 12:].double()
+    assert abs(x.mean().item()) < 1e-4 and x.std(correction=0).item() == pytest.approx(1, rel=1e-3)
+
+
+@pytest.mark.parametrize("fill", ["min", -1.0])
+def test_missing_pixel_fill(fill: str | float) -> None:
+    raw = _raw(5)
+    raw[0, :5, :3, :3] = -32768
+    fb = FeatureBuilder(["NDVI"], fill=fill)
+    fb.fit_bounds(raw)
+    x = fb(raw)
+    assert torch.isfinite(x).all()
+    expected = 0.0 if fill == "min" else fill  # min -> the lowest value -> 0 after clipping
+    assert (x[0, :5, :3, :3] == expected).all() and (x[0, -1, :3, :3] == expected).all()
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_rotation_keeps_image_and_mask_aligned() -> None:
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    blobs = [((yy - cy) ** 2 + (xx - cx) ** 2 < r**2) for cy, cx, r in [(15, 20, 7), (32, 30, 9)]]
+    mask = (blobs[0] | blobs[1]).float()[None, None].repeat(8, 1, 1, 1)
+    img = torch.cat([mask, torch.rand(8, 2, 48, 48)], dim=1)
+    xr, yr, angles = random_rotate(img, mask, 90.0, torch.Generator().manual_seed(0))
+    assert (angles.abs() <= 90).all() and angles.std() > 10  # one angle per sample
+    assert set(yr.unique().tolist()) <= {0.0, 1.0}  # nearest keeps the mask binary
+    agree = ((xr[:, 0] > 0.5) == (yr[:, 0] > 0.5)).float().mean()
+    assert agree > 0.98
+    assert not torch.equal(yr, mask)
+
+
+def test_augmentation_is_seeded_and_optional() -> None:
+    x, y = torch.rand(4, 3, 16, 16), (torch.rand(4, 1, 16, 16) > 0.5).float()
+    a = augment_batch(x, y, rotate_degrees=30, generator=step_generator(1, 2, 3))
+    b = augment_batch(x, y, rotate_degrees=30, generator=step_generator(1, 2, 3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    c = augment_batch(x, y, rotate_degrees=30, generator=step_generator(1, 2, 4))
+    assert not torch.equal(a[0], c[0])
+    same = augment_batch(x, y, flips=False, generator=step_generator(0))
+    assert torch.equal(same[0], x) and torch.equal(same[1], y)
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.parametrize(
+    ("arch", "size"),
+    [
+        ("Unet", 70),
+        ("UnetPlusPlus", 70),
+        ("MAnet", 70),
+        ("Linknet", 70),
+        ("FPN", 70),
+        ("PSPNet", 70),
+        ("DeepLabV3", 70),
+        ("DeepLabV3Plus", 70),
+        ("PAN", 130),
+        ("UPerNet", 70),
+        ("Segformer", 70),
+        ("DPT", 70),
+    ],
+)
+def test_every_smp_architecture_pads_to_its_encoder_multiple(arch: str, size: int) -> None:
+    cfg = load_config("tiny", [*SMALL_NET, f"model.arch={arch}", "model.decoder_channels=null"])
+    module = KelpSegModule(cfg.model_dump(mode="json")).eval()
+    assert module.divisor == module.net.encoder.output_stride
+    raw = torch.full((1, 7, size, size), 8000, dtype=torch.int16)
+    assert module(raw).shape == (1, 1, size, size)
+
+
+def test_decoder_options_and_kwargs_reach_smp() -> None:
+    cfg = load_config(
+        "tiny",
+        [
+            "model.arch=UnetPlusPlus",
+            "model.decoder_attention_type=scse",
+            "model.decoder_channels=[32,16,16,8,8]",
+            "model.kwargs={decoder_use_norm: false}",
+        ],
+    )
+    net = build_model(cfg.model, 9)
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert "SCSEModule" in kinds and "BatchNorm2d" in kinds  # encoder BN only
+    assert net.segmentation_head[0].in_channels == 8
+    assert not any(type(m).__name__ == "BatchNorm2d" for m in net.decoder.modules())
+    bad = load_config("tiny", ["model.arch=Linknet", "model.decoder_attention_type=scse"])
+    with pytest.raises(ValueError, match=r"does not take \['decoder_attention_type'\]"):
+        build_model(bad.model, 9)
+    with pytest.raises(ValueError, match=r"unknown model\.arch"):
+        build_model(load_config("tiny", ["model.arch=UNetX"]).model, 9)
+
+
+def test_channels_last_gives_the_same_output() -> None:
+    cfg = load_config("tiny", SMALL_NET)
+    torch.manual_seed(0)
+    a = KelpSegModule(cfg.model_dump(mode="json")).eval()
+    cfg.model.channels_last = True
+    b = KelpSegModule(cfg.model_dump(mode="json")).eval()
+    b.load_state_dict(a.state_dict())
+    conv = next(m for m in b.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    raw = _raw(6, b=2, size=64)
+    torch.testing.assert_close(a(raw), b(raw), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- losses, optimizers, schedulers
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_each_loss_is_smps(name: str) -> None:
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 1, 16, 16), (torch.rand(2, 1, 16, 16) > 0.7).float()
+    reference = {
+        "dice": smp.losses.DiceLoss("binary", from_logits=True),
+        "bce": smp.losses.SoftBCEWithLogitsLoss(),
+        "jaccard": smp.losses.JaccardLoss("binary", from_logits=True),
+        "tversky": smp.losses.TverskyLoss("binary", from_logits=True),
+        "lovasz": smp.losses.LovaszLoss("binary", from_logits=True),
+        "focal": smp.losses.FocalLoss("binary"),
+    }[name]
+    torch.testing.assert_close(WeightedLoss({name: 1.0})(logits, target), reference(logits, target))
+
+
+def test_weighted_loss_sum_from_config() -> None:
+    cfg = load_config("tiny", ["train.loss={dice: 1.0, bce: 0.5}"])
+    logits, target = torch.randn(2, 1, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()
+    loss = WeightedLoss(dict(cfg.train.loss))
+    expected = LOSSES["dice"]()(logits, target) + 0.5 * LOSSES["bce"]()(logits, target)
+    torch.testing.assert_close(loss(logits, target), expected)
+    with pytest.raises(ConfigError, match="loss"):
+        load_config("tiny", ["train.loss={dise: 1.0}"])
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam), ("sgd", torch.optim.SGD)],
+)
+def test_optimizers(name: str, kind: type) -> None:
+    t = TrainConfig(optimizer=name, lr=0.01, weight_decay=0.001, momentum=0.8)
+    opt = build_optimizer(torch.nn.Linear(2, 1).parameters(), t)
+    group = opt.param_groups[0]
+    assert type(opt) is kind and group["lr"] == 0.01 and group["weight_decay"] == 0.001
+    if name == "sgd":
+        assert group["momentum"] == 0.8
+
+
+def _lr_curve(t: TrainConfig, steps: int, metric: float | None = None) -> list[float]:
+    opt = build_optimizer(torch.nn.Linear(2, 1).parameters(), t)
+    cfg = build_scheduler(opt, t, steps)
+    lrs = []
+    for _ in range(steps):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        cfg["scheduler"].step(*([metric] if metric is not None else []))
+    return lrs
+
+
+def test_scheduler_curves() -> None:
+    lr = 0.1
+    const = _lr_curve(TrainConfig(scheduler="constant", lr=lr), 10)
+    assert const == [lr] * 10
+    one = _lr_curve(TrainConfig(scheduler="onecycle", lr=lr, pct_start=0.2), 50)
+    peak = int(np.argmax(one))
+    assert one[0] == pytest.approx(lr / 2) and 8 <= peak <= 11 and max(one) == pytest.approx(lr)
+    assert one[-1] < lr / 150 and all(a >= b for a, b in pairwise(one[peak:]))
+    cos = _lr_curve(TrainConfig(scheduler="cosine", lr=lr, min_lr=0.001), 20)
+    assert cos[0] == lr and all(a >= b for a, b in pairwise(cos))
+    assert cos[10] == pytest.approx((lr + 0.001) / 2) and cos[-1] < 0.002
+    step = _lr_curve(TrainConfig(scheduler="step", lr=lr, step_epochs=2, gamma=0.5), 6)
+    assert step == pytest.approx([lr, lr, lr / 2, lr / 2, lr / 4, lr / 4])
+    flat = _lr_curve(TrainConfig(scheduler="plateau", lr=lr, plateau_patience=1), 6, metric=0.5)
+    assert flat[:3] == [lr] * 3 and flat[-1] < lr
+    opt = build_optimizer(torch.nn.Linear(2, 1).parameters(), TrainConfig(scheduler="plateau"))
+    assert build_scheduler(opt, TrainConfig(scheduler="plateau"), 5)["monitor"] == "val/dice"
+
+
+def test_precision_aliases_and_validation() -> None:
+    assert load_config("tiny", ["train.precision=bf16"]).train.precision == "bf16-mixed"
+    assert load_config("tiny", ["train.precision=32"]).train.precision == "32-true"
+    with pytest.raises(ConfigError):
+        load_config("tiny", ["train.precision=bf16-true"])
+
+
+# ---------------------------------------------------------------- whole fits
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One MLflow store for the module's fits (creating a SQLite store takes seconds)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def _fit(tiny, tracking: str, tmp_path: Path, overrides: list[str], fold: int = 0):
+    from kelpseg.train.fit import train_fold
+
+    packed, tiles = tiny
+    cfg = load_config(
+        "tiny",
+        [
+            *SMALL_NET,
+            "train.max_epochs=2",
+            "train.samples_per_epoch=16",
+            f"tracking.uri={tracking}",
+            *overrides,
+        ],
+    )
+    return cfg, train_fold(cfg, tiles, packed, fold, tmp_path)
+
+
+def _mlflow(tracking: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["train.precision=bf16-mixed", "train.loss={dice: 1.0, focal: 2.0}"],
+        ["train.optimizer=sgd", "train.scheduler=step", "train.step_epochs=1"],
+        ["train.scheduler=plateau", "augment.rotate_degrees=45", "model.channels_last=true"],
+        ["train.scheduler=cosine", "features.normalize=sample_quantile", "features.fill=0"],
+    ],
+    ids=["bf16-focal", "sgd-step", "plateau-rotate", "cosine-sample-quantile"],
+)
+def test_fit_runs_with_options(tiny, tracking: str, tmp_path: Path, overrides: list[str]) -> None:
+    import math
+
+    _, result = _fit(tiny, tracking, tmp_path, overrides)
+    assert result.checkpoint.is_file() and math.isfinite(result.val_dice)
+    assert (tmp_path / "fold0" / "result.json").is_file()
+
+
+def test_fit_accumulates_gradients(tiny, tracking: str, tmp_path: Path) -> None:
+    import torch as th
+
+    _, result = _fit(tiny, tracking, tmp_path, ["train.accumulate_grad_batches=2"])
+    state = th.load(result.checkpoint, weights_only=False)
+    assert state["global_step"] == 4  # 2 epochs x 4 batches / 2
+
+
+def test_fit_with_swa_scores_the_averaged_weights(tiny, tracking: str, tmp_path: Path) -> None:
+    _, result = _fit(
+        tiny,
+        tracking,
+        tmp_path,
+        ["train.swa=true", "train.max_epochs=3", "train.swa_epoch_start=1"],
+    )
+    assert result.checkpoint.name == "swa.ckpt" and result.checkpoint.is_file()
+    state = torch.load(result.checkpoint, weights_only=False)
+    assert any("StochasticWeightAveraging" in k for k in state["callbacks"])
+
+
+def test_deterministic_fits_repeat_exactly(tiny, tracking: str, tmp_path: Path) -> None:
+    opts = ["train.deterministic=true", "augment.rotate_degrees=20"]
+    _, a = _fit(tiny, tracking, tmp_path / "a", opts)
+    _, b = _fit(tiny, tracking, tmp_path / "b", opts)
+    sa = torch.load(a.checkpoint, weights_only=False)["state_dict"]
+    sb = torch.load(b.checkpoint, weights_only=False)["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa) and a.val_dice == b.val_dice
+
+
+def test_fit_logs_a_sample_figure_per_epoch(tiny, tracking: str, tmp_path: Path) -> None:
+    _, result = _fit(tiny, tracking, tmp_path, ["train.log_images=2"])
+    client = _mlflow(tracking)
+    figures = sorted(a.path for a in client.list_artifacts(result.run_id, "samples"))
+    assert figures == ["samples/epoch_000.png", "samples/epoch_001.png"]
+    local = client.download_artifacts(result.run_id, figures[0], str(tmp_path))
+    assert Path(local).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_all_folds_are_mlflow_runs_of_one_experiment(
+    synth_data, tracking: str, tmp_path: Path
+) -> None:
+    from kelpseg.pipeline import fold_list, prepare, run_training
+
+    cfg = load_config(
+        "tiny",
+        [
+            *SMALL_NET,
+            "train.folds=all",
+            "train.log_images=0",
+            "tracking.experiment=allfolds",
+            f"tracking.uri={tracking}",
+        ],
+    )
+    assert fold_list(cfg) == [0, 1]
+    prep = prepare(synth_data.root, cfg, tmp_path)
+    results = run_training(prep, cfg, tmp_path)
+    assert [r.fold for r in results] == [0, 1]
+    client = _mlflow(tracking)
+    exp = client.get_experiment_by_name("allfolds")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["fold0", "fold1"]
+    assert {r.info.run_id for r in runs} == {r.run_id for r in results}
