@@ -1,0 +1,157 @@
+"""Data-problem detectors, asserted against the synthetic generator's truth."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kelpseg.config import ConfigError, load_config
+from kelpseg.data import quality as q
+from kelpseg.data.stats import compute_stats
+from kelpseg.io import discover
+from kelpseg.synth import plan
+from kelpseg.synth.artifacts import corrupt_mask, scene_edge, slc_off_stripes
+from kelpseg.synth.render import render_tile
+from kelpseg.synth.scene import build_aoi
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    """In-memory 128 px tiles of coastal AOIs with kelp: (scene, tile plan, rendered tile)."""
+    aois, tiles = plan(aois=12, seed=5, size=SIZE)
+    out = []
+    for aoi in aois:
+        if aoi.kind != "coast" or not aoi.has_kelp:
+            continue
+        scene = build_aoi(np.random.default_rng([5, 1, aoi.index]), aoi, SIZE)
+        for t in [t for t in tiles if t.aoi == aoi.index]:
+            r = render_tile(np.random.default_rng([5, 2, aoi.index, t.acquisition]), scene, t)
+            if r.truth["cloud_pct"] < 20 and r.true_mask.sum() >= 30:
+                out.append((scene, t, r))
+    assert len(out) >= 6
+    return out
+
+
+def _with_dem(scene, r, dx: int, dy: int) -> np.ndarray:
+    image = r.image.copy()
+    image[6] = scene.crop(scene.dem, dx, dy)
+    return image
+
+
+def test_dem_shift_is_estimated_exactly_and_undone(rendered) -> None:
+    rng = np.random.default_rng(0)
+    hits = 0
+    for scene, _, r in rendered:
+        aligned = _with_dem(scene, r, 0, 0)
+        est0 = q.estimate_dem_shift(q.tile_maps(aligned))
+        assert (est0.dx, est0.dy) == (0, 0) or not est0.trusted
+        dx, dy = (int(v) for v in rng.choice([-4, -3, -2, 2, 3, 4], 2))
+        shifted = _with_dem(scene, r, dx, dy)
+        est = q.estimate_dem_shift(q.tile_maps(shifted))
+        if not est.trusted:
+            continue
+        hits += 1
+        assert (est.dx, est.dy) == (dx, dy)
+        row = {"dem_shift_x": est.dx, "dem_shift_y": est.dy, "dem_shift_confidence": 0.9}
+        fixed = q.correct_dem(shifted, q.recorded_shift(row))
+        inner = (slice(8, -8), slice(8, -8))  # the border is filled by repetition
+        assert np.array_equal(fixed[6][inner], aligned[6][inner])
+        assert np.array_equal(fixed[:6], shifted[:6])
+    assert hits >= 0.6 * len(rendered)  # the rest: too little coast to be sure (not trusted)
+
+
+def test_no_coast_means_no_confidence() -> None:
+    raw = np.full((7, 64, 64), 7500, np.int16)
+    raw[5] = 0
+    raw[6] = -32768  # open sea: nothing to align
+    est = q.estimate_dem_shift(q.tile_maps(raw))
+    assert (est.dx, est.dy, est.confidence, est.trusted) == (0, 0, 0.0, False)
+    assert q.correct_dem(raw) is raw
+
+
+def test_every_kind_of_corrupted_mask_is_flagged_and_clean_ones_are_not(rendered) -> None:
+    rng = np.random.default_rng(1)
+    kinds = ("kelp_on_land", "rectangle", "shifted")
+    flagged, seen = dict.fromkeys(kinds, 0), dict.fromkeys(kinds, 0)
+    for scene, _, r in rendered:
+        maps = q.tile_maps(_with_dem(scene, r, 0, 0))
+        est = q.estimate_dem_shift(maps)
+        assert q.mask_problems(maps, r.true_mask, est) == [], "a clean mask was flagged"
+        land = scene.crop(scene.land)
+        for kind in kinds:
+            bad, applied = corrupt_mask(rng, kind, r.true_mask, land)
+            assert applied == kind
+            if bad.any():  # a mask shifted out of the tile is empty: nothing to judge
+                seen[kind] += 1
+                flagged[kind] += bool(q.mask_problems(maps, bad, est))
+    for kind in kinds:
+        assert seen[kind] >= 10 and flagged[kind] >= 0.9 * seen[kind], (kind, flagged, seen)
+
+
+def test_rectangle_and_extent_reasons() -> None:
+    raw = np.full((7, 128, 128), 7500, np.int16)
+    raw[3] = 8800  # green > SWIR: water everywhere
+    raw[5] = 0
+    raw[6] = -32768
+    mask = np.zeros((128, 128), np.uint8)
+    mask[20:80, 20:110] = 1  # a drawn box over a third of the tile, no NIR signal under it
+    reasons = q.mask_problems(q.tile_maps(raw), mask, q.ShiftEstimate())
+    assert {"rectangular", "no_kelp_signal", "implausible_extent"} <= set(reasons)
+    assert not q.is_rectangular(np.pad(np.ones((6, 6)), 20))  # too small to be sure
+
+
+def test_striping_is_told_apart_from_a_scene_edge() -> None:
+    rng = np.random.default_rng(2)
+    for size in (64, 350):
+        assert q.is_striped(slc_off_stripes(rng, size))
+        assert not q.is_striped(scene_edge(rng, size, 0.4))
+        assert not q.is_striped(np.zeros((size, size), bool))
+        assert q.is_striped(slc_off_stripes(rng, size) | scene_edge(rng, size, 0.3))
+
+
+def test_stats_columns_match_the_truth(synth_data) -> None:
+    res = compute_stats(discover(synth_data.root), size=64)
+    truth = pd.read_csv(synth_data.truth_csv, dtype={"tile_id": str}).set_index("tile_id")
+    tiles = res.tiles.set_index("tile_id")
+    t = truth.loc[tiles.index]
+    assert set(q.QUALITY_COLUMNS) <= set(tiles.columns)
+    for ours, theirs in (
+        ("striped", "striped"),
+        ("saturated", "saturated"),
+        ("all_land", "all_land"),
+        ("high_corrupted_pixels_pct", "heavy_corrupted"),
+    ):
+        assert (tiles[ours].astype(bool) == t[theirs].astype(bool)).all(), ours
+    train = tiles["split"] == "train"
+    assert t.loc[train, "mask_corrupted"].any()
+    assert (tiles.loc[train, "mask_suspect"] == t.loc[train, "mask_corrupted"]).all()
+    shifted = tiles["dem_shifted"]
+    assert ((tiles["dem_shift_x"] - t["dem_shift_x"]).abs()[shifted] <= 1).all()
+    assert ((tiles["dem_shift_y"] - t["dem_shift_y"]).abs()[shifted] <= 1).all()
+
+
+def test_stats_in_worker_processes_equal_stats_in_process(synth_data) -> None:
+    refs = discover(synth_data.root)[:12]
+    one = compute_stats(refs, size=64, workers=1)
+    two = compute_stats(refs, size=64, workers=2)
+    pd.testing.assert_frame_equal(one.tiles, two.tiles)
+    assert one.bands == two.bands
+
+
+def test_exclude_leaves_flagged_training_tiles_out(synth_data, tmp_path) -> None:
+    from kelpseg.pipeline import run_stats
+
+    cfg = load_config("tiny", ["data.exclude=[mask_suspect, high_corrupted_pixels_pct]"])
+    _, usable = run_stats(synth_data.root, cfg, tmp_path)
+    table = pd.read_csv(tmp_path / "tile_stats.csv", dtype={"tile_id": str})
+    flagged = table["mask_suspect"] | table["high_corrupted_pixels_pct"]
+    expected = flagged & (table["split"] == "train")
+    assert expected.any()
+    assert (table["excluded"] == expected).all()
+    assert set(usable["tile_id"]) == set(table.loc[~expected, "tile_id"])
+    with pytest.raises(ConfigError, match="unknown tile flag"):
+        load_config(None, ["data.exclude=[cloudy]"])
+    assert "mask_suspect" in q.flag_summary(table)
