@@ -28,7 +28,7 @@ def print_metrics(metrics: dict, out: Path) -> None:
         f(test.get("recall")),
     )
     rule = metrics.get("ndvi_rule", {})
-    label = f"NDVI rule (t={rule.get('threshold', float('nan')):.2f})"
+    label = f"NDVI >= {rule.get('threshold', float('nan')):.2f} on water"
     table.add_row(label, "—", f(rule.get("test_dice")), "—", "—", "—")
     console.print(table)
     secs = metrics.get("seconds", {})

@@ -28,7 +28,7 @@ from torchmetrics.classification import (  # noqa: E402
 
 from kelpseg.config import Config  # noqa: E402
 from kelpseg.features.pipeline import FeatureBuilder, pad_to_multiple  # noqa: E402
-from kelpseg.train.augment import augment_batch, step_generator  # noqa: E402
+from kelpseg.train.augment import augment_batch, random_crop, step_generator  # noqa: E402
 from kelpseg.train.losses import WeightedLoss  # noqa: E402
 from kelpseg.train.model import build_model, input_divisor  # noqa: E402
 from kelpseg.train.optim import build_optimizer, build_scheduler  # noqa: E402
@@ -85,24 +85,32 @@ class KelpSegModule(L.LightningModule):
         """Kelp probability ``(B, H, W)``."""
         return torch.sigmoid(self(raw))[:, 0]
 
-    def augment(self, x: Tensor, y: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
-        """The configured augmentation, drawn from ``(seed, epoch, batch, rank)``."""
+    def training_inputs(self, raw: Tensor, mask: Tensor, batch_idx: int) -> tuple[Tensor, Tensor]:
+        """Features and target of a training batch, augmented as configured.
+
+        Draws come from ``(seed, epoch, batch, rank)``. A random crop is taken from the raw
+        int16 tiles before the features are computed: indices are per pixel, so this gives the
+        same channels for a fraction of the work (per-sample fill values and per-sample
+        normalization then use the crop's statistics).
+        """
         a, t = self.cfg.augment, self.cfg.train
         gen = step_generator(t.seed, self.current_epoch, batch_idx, self.global_rank)
+        y = mask[:, None]
+        if t.crop_size:
+            raw, y = random_crop(raw, y, t.crop_size, gen)
+        x = self.features(raw)
         return augment_batch(
             x,
-            y,
+            y.to(x.dtype),
             flips=a.flips,
             rotate_degrees=a.rotate_degrees,
             rotate_padding=a.rotate_padding,
-            crop_size=t.crop_size,
             generator=gen,
         )
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         raw, mask = batch
-        x = self.features(raw)
-        x, y = self.augment(x, mask[:, None].to(x.dtype), batch_idx)
+        x, y = self.training_inputs(raw, mask, batch_idx)
         loss = self.loss(self._net(x).float(), y)
         self.log(
             "train/loss",
