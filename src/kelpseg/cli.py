@@ -271,7 +271,7 @@ def demo(
 
     cfg = _config(config, set_)
     data = out / "data"
-    res = generate(data, aois=aois, seed=0)
+    res = generate(data, aois=aois, seed=0, overwrite=True)
     typer.echo(f"synthetic data: {res.n_train} train + {res.n_test} test tiles in {data}")
     metrics = run_pipeline(data, cfg, out / "run", res.test_masks)
     print_metrics(metrics, out / "run")
