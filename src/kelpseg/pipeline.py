@@ -108,8 +108,12 @@ def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
     from kelpseg.data.cache import build_cache
     from kelpseg.train.fit import train_fold
 
-    refs = [prep.refs[t] for t in prep.train["tile_id"]]
-    packed = build_cache(refs, out / "cache", cfg.data.tile_size or 350)
+    ids = prep.train["tile_id"].tolist()
+    refs = [prep.refs[t] for t in ids]
+    shifts = None
+    if cfg.data.correct_dem_shift:
+        shifts = dict(zip(ids, dem_shifts(prep.stats, ids), strict=True))
+    packed = build_cache(refs, out / "cache", cfg.data.tile_size or 350, shifts)
     return [train_fold(cfg, prep.train, packed, k, out) for k in fold_list(cfg)]
 
 
@@ -117,6 +121,7 @@ def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) ->
     """Fit the NDVI rule on the training tiles; score it on the test tiles when truth is given."""
     from kelpseg.baselines.ndvi import NdviRule
     from kelpseg.data.cache import open_cache
+    from kelpseg.data.quality import correct_dem
     from kelpseg.io import read_mask, read_tile
     from kelpseg.metrics import Counts
 
@@ -130,7 +135,10 @@ def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) ->
         for tile_id, path in prep.test_items():
             mpath = next(Path(truth).rglob(f"{tile_id}_kelp.tif"), None)
             if mpath is not None:
-                total = total + Counts.of(rule.predict(read_tile(path)), read_mask(mpath))
+                raw = read_tile(path)
+                if cfg.data.correct_dem_shift:
+                    raw = correct_dem(raw)  # as the cached training tiles were
+                total = total + Counts.of(rule.predict(raw), read_mask(mpath))
         result["test_dice"] = total.scores()["dice"]
     return result
 
@@ -163,10 +171,10 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
         "aoi_groups": int(prep.train["aoi"].nunique()),
         "folds": {
             str(r.fold): {
-                "val_dice": r.val_dice,
+                "val_dice": r.val_dice,  # of the kept (best) checkpoint
                 "checkpoint": str(r.checkpoint),
                 "mlflow_run_id": r.run_id,
-                **r.metrics,
+                "last_epoch": r.metrics,
             }
             for r in results
         },

@@ -17,6 +17,7 @@ from numpy.lib.format import open_memmap
 
 from kelpseg.io import BatchReport, TileRef
 from kelpseg.io.raster import atomic_write_text
+from kelpseg.io.tiles import DEM_INDEX
 
 
 @dataclass
@@ -33,8 +34,9 @@ class PackedTiles:
         return np.array([lookup[t] for t in tile_ids], dtype=np.int64)
 
 
-def _fingerprint(refs: list[TileRef]) -> str:
+def _fingerprint(refs: list[TileRef], shifts: dict[str, tuple[int, int]]) -> str:
     h = hashlib.sha256()
+    h.update(json.dumps(sorted(shifts.items())).encode())
     for r in refs:
         for p in (r.image, r.mask):
             if p is not None:
@@ -51,13 +53,29 @@ def open_cache(folder: Path) -> PackedTiles:
     return PackedTiles(ids, images, masks)
 
 
-def build_cache(refs: list[TileRef], folder: Path, size: int = 350) -> PackedTiles:
-    """Decode ``refs`` (valid training tiles with masks) into ``folder``, or reuse it."""
+def build_cache(
+    refs: list[TileRef],
+    folder: Path,
+    size: int = 350,
+    dem_shifts: dict[str, tuple[int, int]] | None = None,
+) -> PackedTiles:
+    """Decode ``refs`` (valid training tiles with masks) into ``folder``, or reuse it.
+
+    Args:
+        refs: The tiles.
+        folder: Cache folder.
+        size: Tile side.
+        dem_shifts: Detected DEM shifts ``(dx, dy)`` by tile id, undone while packing
+            (``data.correct_dem_shift``), so the network sees the DEM where the image is.
+    """
+    from kelpseg.data.quality import shift_dem
     from kelpseg.data.stats import iter_tiles
+
+    shifts = {t: s for t, s in (dem_shifts or {}).items() if s != (0, 0)}
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
-    key = _fingerprint(refs)
+    key = _fingerprint(refs, shifts)
     if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
         return open_cache(folder)
     manifest.unlink(missing_ok=True)
@@ -67,6 +85,8 @@ def build_cache(refs: list[TileRef], folder: Path, size: int = 350) -> PackedTil
     report = BatchReport("cache")
     ids = []
     for i, (ref, raw, mask) in enumerate(iter_tiles(refs, size, report, desc="cache")):
+        if ref.tile_id in shifts:
+            raw[DEM_INDEX] = shift_dem(raw[DEM_INDEX], *shifts[ref.tile_id])
         images[i], masks[i] = raw, mask
         ids.append(ref.tile_id)
     if len(ids) != n:

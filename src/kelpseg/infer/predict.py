@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from kelpseg.data.quality import correct_dem  # noqa: E402
 from kelpseg.io import BatchReport, TileError, read_georef, read_tile, write_raster  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
 
@@ -47,7 +48,9 @@ def predict_tiles(
 ) -> PredictResult:
     """Predict ``{tile_id}_kelp.tif`` (uint8 0/1) for each ``(tile_id, path)`` into ``out``.
 
-    Tiles are batched while consecutive ones share a shape; scenes of any size work.
+    Tiles are batched while consecutive ones share a shape; scenes of any size work. When the
+    model was trained with ``data.correct_dem_shift``, each tile's DEM misalignment is detected
+    and undone first, as it was for the training tiles.
     """
     result = PredictResult()
     out.mkdir(parents=True, exist_ok=True)
@@ -76,12 +79,15 @@ def predict_tiles(
             result.report.ok += 1
         pending.clear()
 
+    correct = model.cfg.data.correct_dem_shift
     for tile_id, path in tqdm(items, desc="predict", leave=False):
         try:
             raw = read_tile(path)
         except TileError as err:
             result.report.add(err)
             continue
+        if correct:
+            raw = correct_dem(raw)
         if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
             flush()
         pending.append((tile_id, path, raw))

@@ -251,8 +251,10 @@ def train_fold(
     result = FoldResult(fold, best, val_dice, scores, logger.run_id)
     if trainer.is_global_zero:
         client = logger.experiment
-        (fold_dir / "config.yaml").write_text(dump_config(cfg))
-        (fold_dir / "normalization.json").write_text(json.dumps(module.features.bounds(), indent=2))
+        atomic_write_text(fold_dir / "config.yaml", dump_config(cfg))
+        atomic_write_text(
+            fold_dir / "normalization.json", json.dumps(module.features.bounds(), indent=2)
+        )
         for name in ("config.yaml", "normalization.json"):
             client.log_artifact(logger.run_id, str(fold_dir / name))
         client.log_artifact(logger.run_id, str(best), "best")  # the fold's model
