@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from kelpseg.cli import app
@@ -117,8 +117,9 @@ def test_config_rejects_bad_values(value: str) -> None:
 
 def test_config_override_reaches_the_config() -> None:
     result = runner.invoke(
-        app, ["config", "tiny", "--set", "train.max_epochs=7", "-s", "features.indices=[NDVI]"]
+        app, ["config", "tiny", "--set", "train.max_epochs=7", "-s", "features.indices=[ATSAVI]"]
     )
     assert result.exit_code == 0
-    assert "max_epochs: 7" in result.stdout
-    assert json.dumps("NDVI") in result.stdout or "- NDVI" in result.stdout
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["train"]["max_epochs"] == 7
+    assert cfg["features"]["indices"] == ["ATSAVI"]  # replaced, not merged with the defaults
