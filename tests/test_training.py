@@ -447,6 +447,10 @@ def test_deterministic_fits_repeat_exactly(tiny, tracking: str, tmp_path: Path) 
     sa = torch.load(a.checkpoint, weights_only=False)["state_dict"]
     sb = torch.load(b.checkpoint, weights_only=False)["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa) and a.val_dice == b.val_dice
+    # the control: another seed trains to other weights (so equality above is not vacuous)
+    _, c = _fit(tiny, tracking, tmp_path / "c", [*opts, "train.seed=7"])
+    sc = torch.load(c.checkpoint, weights_only=False)["state_dict"]
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
 def test_fit_logs_a_sample_figure_per_epoch(tiny, tracking: str, tmp_path: Path) -> None:

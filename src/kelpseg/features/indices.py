@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -89,10 +89,14 @@ class SpectralIndex:
         return self.fn(bands)
 
 
-def _spyndex_fn(code: Any, constants: dict[str, float]) -> IndexFn:
+def _spyndex_fn(key: str, constants: dict[str, float]) -> IndexFn:
+    """``spyndex.computeIndex`` on the batch's band tensors (it evaluates on torch as is)."""
+
     def fn(b: Bands) -> Tensor:
-        env = {sym: getattr(b, field) for sym, field in LANDSAT_BANDS.items()}
-        return eval(code, {"__builtins__": {}}, {**env, **constants})
+        import spyndex
+
+        bands = {sym: getattr(b, field) for sym, field in LANDSAT_BANDS.items()}
+        return spyndex.computeIndex(key, {**bands, **constants})
 
     return fn
 
@@ -127,8 +131,7 @@ def _from_spyndex(key: str) -> SpectralIndex:
             f"spyndex index {key!r} = {idx.formula} needs {', '.join(missing)}, which Landsat "
             f"tiles do not provide (they have {', '.join(LANDSAT_BANDS)})"
         )
-    code = compile(idx.formula, f"<spyndex {key}>", "eval")
-    return SpectralIndex(key, "spyndex", idx.formula, _spyndex_fn(code, constants))
+    return SpectralIndex(key, "spyndex", idx.formula, _spyndex_fn(key, constants))
 
 
 def lookup(name: str) -> SpectralIndex:

@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from kelpseg.data.quality import correct_dem  # noqa: E402
-from kelpseg.io import BatchReport, TileError, read_georef, read_tile, write_raster  # noqa: E402
+from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
+from kelpseg.io.tiles import read_tile_georef  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
 
 
@@ -55,15 +56,14 @@ def predict_tiles(
     result = PredictResult()
     out.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    pending: list[tuple[str, Path, np.ndarray]] = []
+    pending: list[tuple[str, Path, np.ndarray, Georef]] = []
 
     def flush() -> None:
         if not pending:
             return
         raw = torch.from_numpy(np.stack([p[2] for p in pending])).to(device)
         proba = model.predict_proba(raw).float().cpu().numpy()
-        for (tile_id, path, _), p in zip(pending, proba, strict=True):
-            georef = read_georef(path)
+        for (tile_id, path, _, georef), p in zip(pending, proba, strict=True):
             mask = (p >= threshold).astype(np.uint8)
             tags = {"threshold": str(threshold), "source": path.name}
             result.masks[tile_id] = write_raster(
@@ -82,7 +82,7 @@ def predict_tiles(
     correct = model.cfg.data.correct_dem_shift
     for tile_id, path in tqdm(items, desc="predict", leave=False):
         try:
-            raw = read_tile(path)
+            raw, georef = read_tile_georef(path)
         except TileError as err:
             result.report.add(err)
             continue
@@ -90,6 +90,6 @@ def predict_tiles(
             raw = correct_dem(raw)
         if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
             flush()
-        pending.append((tile_id, path, raw))
+        pending.append((tile_id, path, raw, georef))
     flush()
     return result

@@ -12,7 +12,7 @@ import numpy as np
 from rasterio.errors import RasterioError
 
 from kelpseg.io.errors import TileError
-from kelpseg.io.raster import open_raster
+from kelpseg.io.raster import Georef, georef_of, open_raster
 
 BAND_NAMES: tuple[str, ...] = ("SWIR1", "NIR", "Red", "Green", "Blue", "QA", "DEM")
 SPECTRAL: tuple[str, ...] = BAND_NAMES[:5]
@@ -22,10 +22,10 @@ NODATA = -32768
 TILE_SIZE = 350
 
 
-def _open_read(path: Path) -> tuple[np.ndarray, str]:
+def _open_read(path: Path) -> tuple[np.ndarray, Georef]:
     try:
         with open_raster(path) as src:
-            return src.read(), src.driver
+            return src.read(), georef_of(src)
     except FileNotFoundError as err:
         raise TileError(path, "file not found") from err
     except (RasterioError, OSError, ValueError) as err:
@@ -34,20 +34,25 @@ def _open_read(path: Path) -> tuple[np.ndarray, str]:
 
 
 def read_tile(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Read and validate a satellite tile.
+    """Read and validate a satellite tile (see :func:`read_tile_georef`)."""
+    return read_tile_georef(path, size)[0]
+
+
+def read_tile_georef(path: str | Path, size: int | None = None) -> tuple[np.ndarray, Georef]:
+    """Read and validate a satellite tile, and its georeference, in one open.
 
     Args:
         path: A ``*_satellite.tif`` (or any 7-band int16 raster).
         size: Expected side length in pixels; ``None`` accepts any shape (scenes).
 
     Returns:
-        The raw ``(7, H, W)`` int16 array, ``-32768`` at missing pixels.
+        The raw ``(7, H, W)`` int16 array (``-32768`` at missing pixels) and its georeference.
 
     Raises:
         TileError: naming the file and what is wrong with it.
     """
     path = Path(path)
-    arr, _ = _open_read(path)
+    arr, georef = _open_read(path)
     if arr.shape[0] != len(BAND_NAMES):
         raise TileError(
             path, f"expected {len(BAND_NAMES)} bands {BAND_NAMES}, found {arr.shape[0]}"
@@ -64,7 +69,7 @@ def read_tile(path: str | Path, size: int | None = None) -> np.ndarray:
         raise TileError(
             path, f"QA band holds values other than 0/1/-32768: {np.unique(qa[bad_qa])[:5]}"
         )
-    return arr
+    return arr, georef
 
 
 def to_float(raw: np.ndarray) -> np.ndarray:
