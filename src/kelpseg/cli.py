@@ -12,7 +12,8 @@ from typing import Annotated
 
 import typer
 
-from kelpseg.config import ConfigError, builtin_names, dump_config, load_config
+from kelpseg import __version__
+from kelpseg.config import DEFAULT_CONFIG, ConfigError, builtin_names, dump_config, load_config
 from kelpseg.io.errors import NothingValidError
 
 app = typer.Typer(
@@ -25,7 +26,11 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="YAML file or built-in name (default, demo, tiny)."),
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML file or built-in name (default, demo, tiny); `default` when not given.",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -40,7 +45,27 @@ ResumeOpt = Annotated[
 ]
 
 
-def _config(config: str | None, overrides: list[str] | None, strict: bool = False):
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kelpseg {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Find giant-kelp canopy in Landsat tiles and scenes."""
+
+
+def _config(
+    config: str | None, overrides: list[str] | None, strict: bool = False, announce: bool = True
+):
+    if config is None and announce:
+        typer.secho(f"config: built-in '{DEFAULT_CONFIG}' (choose another with -c)", err=True)
     try:
         cfg = load_config(config, overrides)
     except ConfigError as err:
@@ -59,17 +84,27 @@ def _fail(err: Exception) -> None:
 @app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder for the dataset (competition layout).")],
-    aois: Annotated[int, typer.Option(help="Areas of interest (each seen on several dates).")] = 24,
+    aois: Annotated[
+        int, typer.Option(min=1, help="Areas of interest (each seen on several dates).")
+    ] = 24,
     seed: int = 0,
-    size: Annotated[int, typer.Option(help="Tile side in px (350 = competition).")] = 350,
+    size: Annotated[int, typer.Option(min=16, help="Tile side in px (350 = competition).")] = 350,
     crs: Annotated[
         str | None, typer.Option(help="Write georeferenced tiles, e.g. EPSG:32611.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier synthetic set in OUT.")
+    ] = False,
 ) -> None:
     """Generate a synthetic Kelp-Wanted dataset; test masks + truth go beside OUT. (kelpseg.synth)"""
     from kelpseg.synth import generate
 
-    res = generate(out, aois=aois, seed=seed, size=size, crs=crs)
+    try:
+        res = generate(out, aois=aois, seed=seed, size=size, crs=crs, overwrite=overwrite)
+    except FileExistsError as err:
+        _fail(FileExistsError(f"{err}: choose another folder or pass --overwrite"))
+    except ValueError as err:
+        _fail(err)
     typer.echo(f"{res.n_train} train + {res.n_test} test tiles in {res.root}")
     typer.echo(f"test masks: {res.test_masks}\ntruth: {res.truth_csv}")
 
@@ -329,13 +364,19 @@ def eda(
 
 @app.command("config")
 def config_cmd(
-    name: Annotated[str | None, typer.Argument(help="Built-in name or YAML path.")] = None,
+    name: Annotated[
+        str | None, typer.Argument(help="Built-in name or YAML path (default: `default`).")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
-    """Print a config with every key and default spelled out. (kelpseg.config)"""
-    if name is None and not set_:
-        typer.echo("built-in configs: " + ", ".join(builtin_names()))
-    typer.echo(dump_config(_config(name, set_)))
+    """Print a config as YAML with every key spelled out: `kelpseg config demo > my.yaml`. (kelpseg.config)"""
+    cfg = _config(name, set_, announce=False)
+    typer.echo(
+        f"# kelpseg {__version__} config: {name or DEFAULT_CONFIG}"
+        + "".join(f" --set {o}" for o in set_ or [])
+        + f"\n# built-in configs: {', '.join(builtin_names())}; read back with -c FILE"
+    )
+    typer.echo(dump_config(cfg))
 
 
 def main() -> None:  # pragma: no cover

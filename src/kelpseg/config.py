@@ -283,32 +283,52 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a config: a YAML path or built-in name (or defaults), then ``key=value`` overrides.
+DEFAULT_CONFIG = "default"
+"""The built-in config used when none is named (the 2nd-place recipe)."""
 
-    Override values are parsed as YAML, so ``train.max_epochs=3``, ``model.encoder_weights=null``
-    and ``features.indices=[NDVI,DEMWM]`` all work.
-    """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file() and p.suffix == "":
-            p = builtin_config(str(path))
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{p}: {err}") from err
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{p}: top level must be a mapping")
-    for item in overrides or []:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like section.key=value")
-        key, raw = item.split("=", 1)
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+
+def _read_tree(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file() and p.suffix == "":
+        p = builtin_config(str(path))
+    try:
+        tree = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{p}: {err}") from err
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    return tree
+
+
+def _validate(tree: dict[str, Any]) -> Config:
     try:
         return Config.model_validate(tree)
     except ValidationError as err:
         raise ConfigError(str(err)) from err
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a config: a YAML path or built-in name (``default`` when None), then overrides.
+
+    The file is validated first, then each ``key=value`` override is applied to the complete
+    config (every default spelled out), so ``train.loss.bce=0.5`` adds a term to whatever
+    loss the config has, and ``train.loss={bce: 1.0}`` replaces it. Values are parsed as YAML:
+    ``train.max_epochs=3``, ``model.encoder_weights=null``, ``features.indices=[NDVI,DEMWM]``.
+    """
+    cfg = _validate(_read_tree(DEFAULT_CONFIG if path is None else path))
+    if not overrides:
+        return cfg
+    tree = cfg.model_dump(mode="json")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"override {item!r}: value is not YAML ({err})") from err
+        _set_dotted(tree, key.strip(), value)
+    return _validate(tree)
 
 
 def dump_config(cfg: Config) -> str:

@@ -35,10 +35,7 @@ def prepare(out: Path, truth_dir: Path, overwrite: bool) -> None:
         if (root / e).exists()
     ]
     if found and not overwrite:
-        raise FileExistsError(
-            f"{found[0]} already exists (an earlier synthetic set?); "
-            "pass overwrite=True to replace it"
-        )
+        raise FileExistsError(f"{found[0]} already exists (an earlier synthetic set?)")
     for path in found:
         if path.is_dir():
             shutil.rmtree(path)
