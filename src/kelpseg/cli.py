@@ -255,7 +255,10 @@ def evaluate(
     except (NothingValidError, OSError) as err:
         _fail(err)
     if per_tile is not None:
-        atomic_write_text(per_tile, table.to_csv(index=False))
+        try:
+            atomic_write_text(per_tile, table.to_csv(index=False))
+        except OSError as err:
+            _fail(OSError(f"--per-tile {per_tile}: {err}"))
     typer.echo(json.dumps(scores, indent=2, allow_nan=False))
 
 

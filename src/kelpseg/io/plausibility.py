@@ -29,27 +29,32 @@ def _rho(raw: np.ndarray, pick: np.ndarray) -> np.ndarray:
     return raw[: len(SPECTRAL)][:, pick].astype(np.float32) * SCALE + OFFSET
 
 
-def band_order_votes(raw: np.ndarray) -> list[float]:
-    """Signed margins of the expected relations (positive = as expected), one per relation.
+def band_order_votes(raw: np.ndarray) -> list[tuple[float, float]]:
+    """``(margin, weight)`` of each expected relation; a positive margin is as expected.
 
     Water (DEM <= 0 or missing, QA clear): median of mean(Green, Blue) - mean(NIR, SWIR1).
     Land (DEM > 0, QA clear): median of NIR - mean(Green, Blue), and the 75th percentile of
-    NIR - Red (vegetation and soil; snow and lakes are rarely the majority of a coast).
+    NIR - Red (vegetation and soil; snow and lakes are rarely the majority of a coast). Each
+    relation weighs by its share of the clear pixels, so a thin strip of mixed coastal pixels
+    cannot outvote a sea.
     """
     spectral = raw[: len(SPECTRAL)]
     valid = ((spectral != NODATA) & (spectral < 32767)).all(axis=0)
     clear = valid & (raw[QA_INDEX] == 0)
     dem = raw[DEM_INDEX]
-    votes = []
     water = clear & ((dem <= 0) | (dem == NODATA))
-    if water.sum() >= MIN_PIXELS:
-        r = _rho(raw, water)
-        votes.append(float(np.median((r[GREEN] + r[BLUE]) / 2 - (r[NIR] + r[SWIR1]) / 2)))
     land = clear & (dem > 0)
-    if land.sum() >= MIN_PIXELS:
+    n_water, n_land = int(water.sum()), int(land.sum())
+    votes = []
+    if n_water >= MIN_PIXELS:
+        r = _rho(raw, water)
+        w = n_water / (n_water + n_land)
+        votes.append((float(np.median((r[GREEN] + r[BLUE]) / 2 - (r[NIR] + r[SWIR1]) / 2)), w))
+    if n_land >= MIN_PIXELS:
         r = _rho(raw, land)
-        votes.append(float(np.median(r[NIR] - (r[GREEN] + r[BLUE]) / 2)))
-        votes.append(float(np.percentile(r[NIR] - r[RED], 75)))
+        w = n_land / (n_water + n_land)
+        votes.append((float(np.median(r[NIR] - (r[GREEN] + r[BLUE]) / 2)), w))
+        votes.append((float(np.percentile(r[NIR] - r[RED], 75)), w))
     return votes
 
 
@@ -68,8 +73,9 @@ def check_band_order(raw: np.ndarray) -> str | None:
             "QA_PIXEL?): expected 0 clear, 1 cloud"
         )
     votes = band_order_votes(raw)
-    against = sum(v < -MARGIN for v in votes)
-    if against and sum(votes) < -MARGIN:
+    against = sum(v < -MARGIN for v, _ in votes)
+    weight = sum(w for _, w in votes)
+    if against and sum(v * w for v, w in votes) < -MARGIN * weight:
         problems.append(
             f"bands look out of order (expected {','.join(BAND_NAMES)}): over water NIR/SWIR1 "
             "should be darker than Green/Blue and over land NIR brighter than Red/Green/Blue; "
