@@ -229,8 +229,14 @@ def test_bad_checkpoints_give_one_line(
         load_model(path)
     tile = write_raster(tmp_path / "A_satellite.tif", make_tile(np.random.default_rng(0))[0])
     result = runner.invoke(app, ["predict", str(path), str(tile), "-o", str(tmp_path / "o")])
-    expected = {"missing": "not found", "state_dict": "state dict", "folder": "not found"}
-    _one_line_error(result, str(path), expected.get(kind, "not a readable checkpoint"))
+    expected = {
+        "missing": "not found",
+        "garbage": "not a PyTorch checkpoint",
+        "truncated": "truncated",
+        "state_dict": "state dict",
+        "folder": "not found",
+    }
+    _one_line_error(result, str(path), expected[kind])
 
 
 def test_second_checkpoint_among_inputs_is_an_error(ckpt: Path, tmp_path: Path) -> None:

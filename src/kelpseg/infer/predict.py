@@ -62,6 +62,21 @@ def _checkpoint_config(path: Path, ckpt: Any) -> dict[str, Any]:
     return config
 
 
+def _load_problem(path: Path, err: Exception) -> str:
+    """A short reason why ``torch.load`` failed (torch's own messages run to paragraphs)."""
+    text = str(err)
+    with path.open("rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if "zip archive" in text or "central directory" in text:
+        return "truncated or corrupted (incomplete zip archive)"
+    if "Weights only load failed" in text:
+        if is_zip:
+            return "it holds Python objects besides weights and settings (not from kelpseg train)"
+        return "not a PyTorch checkpoint file"
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line[:200]
+
+
 def load_model(checkpoint: str | Path, device: str | None = None) -> KelpSegModule:
     """Load a trained model for inference (CPU unless a GPU is there or asked for).
 
@@ -78,9 +93,8 @@ def load_model(checkpoint: str | Path, device: str | None = None) -> KelpSegModu
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for garbage or truncated files
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
-            f"{path}: not a readable checkpoint (truncated or not a .ckpt?): {msg}"
+            f"{path}: not a readable checkpoint: {_load_problem(path, err)}"
         ) from err
     saved = _checkpoint_config(path, ckpt)
     config = copy.deepcopy(saved)
