@@ -57,7 +57,14 @@ def read_georef(path: str | Path) -> Georef:
 
 
 def _current_umask() -> int:
-    """The process umask (read by setting it and restoring it at once)."""
+    """The process umask: from ``/proc`` where it is there (no change, so thread-safe),
+    otherwise by setting it and restoring it at once."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
