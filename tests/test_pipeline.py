@@ -14,7 +14,8 @@ from kelpseg.config import load_config
 from kelpseg.data.groups import compute_groups
 from kelpseg.data.splits import make_folds
 from kelpseg.data.stats import compute_stats
-from kelpseg.io import discover, read_mask
+from kelpseg.io import discover, read_mask, read_tile
+from kelpseg.io.tiles import missing_pixels
 
 
 def _truth(synth_data) -> pd.DataFrame:
@@ -95,7 +96,7 @@ def test_run_writes_masks_and_metrics(run_out, synth_data) -> None:
     assert "threshold" in saved["ndvi_rule"] and "test_dice" in saved["ndvi_rule"]
     preds = sorted((out / "predictions").glob("*_kelp.tif"))
     assert len(preds) == synth_data.n_test
-    m = read_mask(preds[0])  # validates 1 band, 0/1
+    m = read_mask(preds[0], allow_nodata=True)  # validates 1 band, 0/1 (255 where input missing)
     assert m.shape == (64, 64)
     with rasterio.open(preds[0]) as src:
         assert src.dtypes[0] == "uint8" and src.crs is None  # competition tiles carry no CRS
@@ -140,7 +141,8 @@ def test_predict_keeps_crs_and_transform(trained, tmp_path: Path) -> None:
             assert dst.crs == src.crs and dst.transform == src.transform
         with rasterio.open(tmp_path / "pred" / f"{tile_id}_proba.tif") as p:
             v = p.read(1)
-            assert p.dtypes[0] == "float32" and v.min() >= 0 and v.max() <= 1
+            assert p.dtypes[0] == "float32" and np.nanmin(v) >= 0 and np.nanmax(v) <= 1
+            assert np.array_equal(np.isnan(v), missing_pixels(read_tile(image)))  # NaN = nodata
 
 
 def test_checkpoint_carries_normalization(trained) -> None:

@@ -215,35 +215,60 @@ def train(
 @app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A .ckpt from `kelpseg train`.")],
-    inputs: Annotated[list[Path], typer.Argument(help="Tiles or folders of tiles.")],
-    out: Annotated[Path, typer.Option("--out", "-o")] = Path("predictions"),
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Tiles or folders of tiles. Outputs are named by tile id, so two inputs with "
+            "the same file name are refused; *_kelp.tif / *_proba.tif in folders are skipped "
+            "(outputs of an earlier predict)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output folder (may be an input folder).")
+    ] = Path("predictions"),
     threshold: Annotated[
-        float, typer.Option(help="Decision threshold on the kelp probability.")
-    ] = 0.5,
-    batch_size: int = 8,
+        float | None,
+        typer.Option(help="Decision threshold in [0, 1]; default: the checkpoint's."),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Tiles per batch; default: the checkpoint's.")
+    ] = None,
     probabilities: Annotated[bool, typer.Option(help="Also write {id}_proba.tif.")] = False,
     strict: StrictOpt = False,
 ) -> None:
-    """Checkpoint + tiles -> {id}_kelp.tif masks keeping each input's georeference. (kelpseg.infer.predict)"""
-    from kelpseg.infer.predict import load_model, predict_tiles
+    """Checkpoint + tiles -> {id}_kelp.tif masks (1 kelp, 0 not, 255 nodata where the input is
+    missing) keeping each input's georeference. (kelpseg.infer.predict)"""
+    from kelpseg.infer.predict import CheckpointError, load_model, predict_tiles
     from kelpseg.io import find_images
+    from kelpseg.io.errors import InputError
 
-    items = find_images(inputs)
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        typer.secho(f"error: --threshold must be in [0, 1], got {threshold}", fg="red", err=True)
+        raise typer.Exit(2)
+    if batch_size is not None and batch_size < 1:
+        typer.secho(f"error: --batch-size must be at least 1, got {batch_size}", fg="red", err=True)
+        raise typer.Exit(2)
+    if out.exists() and not out.is_dir():
+        _fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
+    try:
+        items = find_images(inputs)
+    except InputError as err:
+        _fail(err)
     if not items:
         _fail(FileNotFoundError(f"no .tif tiles in {', '.join(map(str, inputs))}"))
-    res = predict_tiles(
-        load_model(checkpoint),
-        items,
-        out,
-        threshold=threshold,
-        batch_size=batch_size,
-        probabilities=probabilities,
-    )
     try:
+        res = predict_tiles(
+            load_model(checkpoint),
+            items,
+            out,
+            threshold=threshold,
+            batch_size=batch_size,
+            probabilities=probabilities,
+        )
         res.report.finish(strict=strict)
-    except NothingValidError as err:
+    except (CheckpointError, NothingValidError, ValueError) as err:
         _fail(err)
-    typer.echo(f"{len(res.masks)} masks -> {out}")
+    typer.echo(f"{len(res.masks)} masks (threshold {res.threshold}) -> {out}")
 
 
 @app.command()
@@ -254,17 +279,22 @@ def evaluate(
         Path | None, typer.Option(help="Write the per-tile table (CSV) here.")
     ] = None,
 ) -> None:
-    """Global Dice (all pixels), IoU, precision, recall + per-tile table. (kelpseg.infer.evaluate)"""
+    """Global Dice (all pixels), IoU, precision, recall + per-tile table; a truth tile with no
+    prediction counts as all-negative and is listed. (kelpseg.infer.evaluate)"""
     from kelpseg.infer.evaluate import evaluate as run_eval
+    from kelpseg.io.raster import atomic_write_text
 
-    scores, table, report = run_eval(pred, truth)
     try:
+        scores, table, report = run_eval(pred, truth)
         report.finish()
-    except NothingValidError as err:
+    except (NothingValidError, OSError) as err:
         _fail(err)
     if per_tile is not None:
-        table.to_csv(per_tile, index=False)
-    typer.echo(json.dumps(scores, indent=2))
+        try:
+            atomic_write_text(per_tile, table.to_csv(index=False))
+        except OSError as err:
+            _fail(OSError(f"--per-tile {per_tile}: {err}"))
+    typer.echo(json.dumps(scores, indent=2, allow_nan=False))
 
 
 @app.command()

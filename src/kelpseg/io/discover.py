@@ -13,8 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from kelpseg.io.errors import InputError
+
 SAT_SUFFIX = "_satellite.tif"
 KELP_SUFFIX = "_kelp.tif"
+PROBA_SUFFIX = "_proba.tif"
+OUTPUT_SUFFIXES = (KELP_SUFFIX, PROBA_SUFFIX)
+"""Names ``kelpseg predict`` writes: never read back as inputs from a folder."""
 METADATA_NAME = "metadata_fTq0l2T.csv"
 
 
@@ -78,18 +83,56 @@ def orphan_masks(root: str | Path) -> list[Path]:
 def find_images(paths: Iterable[str | Path]) -> list[tuple[str, Path]]:
     """``(tile_id, path)`` for files and folders given to ``predict``.
 
-    Folders contribute their ``*_satellite.tif`` files (or every ``*.tif`` when they hold
-    none); a file's id is its name without ``_satellite.tif`` / ``.tif``.
+    Folders contribute their ``*_satellite.tif`` files (or, when they hold none, every
+    ``*.tif`` that is not an output of ``predict``: ``*_kelp.tif`` and ``*_proba.tif`` are
+    skipped, so predicting into an input folder is safe to repeat). A file's id is its name
+    without ``_satellite.tif`` / ``.tif``. A file reached twice is used once.
+
+    Raises:
+        InputError: a path that does not exist, a checkpoint given as a tile, or two different
+            files with the same tile id (they would write one output).
     """
     found: list[tuple[str, Path]] = []
+    seen: set[Path] = set()
     for p in map(Path, paths):
+        if not p.exists():
+            raise InputError(f"{p}: not found")
         if p.is_dir():
             files = sorted(p.rglob(f"*{SAT_SUFFIX}")) or sorted(
-                f for f in p.rglob("*.tif") if not f.name.endswith(KELP_SUFFIX)
+                f for f in p.rglob("*.tif") if not f.name.endswith(OUTPUT_SUFFIXES)
+            )
+        elif p.suffix.lower() in (".ckpt", ".pt", ".pth"):
+            raise InputError(
+                f"{p}: a checkpoint among the tiles; predict takes one checkpoint, then tiles"
             )
         else:
             files = [p]
         for f in files:
+            if f.resolve() in seen:
+                continue
+            seen.add(f.resolve())
             tid = _tile_id(f, SAT_SUFFIX) if f.name.endswith(SAT_SUFFIX) else f.stem
             found.append((tid, f))
+    dups = duplicate_ids(found)
+    if dups:
+        raise InputError(dups)
     return found
+
+
+def duplicate_ids(items: Iterable[tuple[str, Path]]) -> str | None:
+    """A message naming the files when two inputs share a tile id (one output name), else None."""
+    first: dict[str, Path] = {}
+    clashes = []
+    for tid, path in items:
+        if tid in first and Path(first[tid]).resolve() != Path(path).resolve():
+            clashes.append(f"{first[tid]} and {path} (id {tid})")
+        first.setdefault(tid, path)
+    if not clashes:
+        return None
+    more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+    return (
+        "inputs with the same file name would write one output: "
+        + "; ".join(clashes[:3])
+        + more
+        + "; predict them into separate --out folders"
+    )

@@ -16,6 +16,10 @@ class TileError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class InputError(ValueError):
+    """A command-line input that cannot be used at all (missing, or of the wrong kind)."""
+
+
 class NothingValidError(RuntimeError):
     """Raised when a stage has no valid input left to work on."""
 
