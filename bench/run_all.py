@@ -21,6 +21,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "stats_throughput.py": ([], ["--tiles", "100", "--repeat", "1"]),
     "quality.py": ([], ["--aois", "12", "--size", "128"]),
     "groups.py": ([], ["--aois", "12", "--size", "128", "--tiles", "500"]),
+    "band_order.py": ([], ["--aois", "8", "--size", "128"]),
     "train_throughput.py": ([], ["--tiles", "40", "--batches", "3", "--repeat", "1"]),
 }
 
