@@ -150,9 +150,11 @@ def leakage(refs: list, stats: pd.DataFrame, truth: pd.DataFrame, threshold: flo
 
 
 def _joined(true_aoi: pd.Series, groups: pd.DataFrame, which: np.ndarray) -> str:
-    """How many of ``which`` tiles share the group most of their true AOI's tiles are in."""
+    """How many of ``which`` tiles share the group most of their true AOI's tiles with land
+    in their known DEM are in."""
     pred = pd.Series(groups["aoi"].to_numpy(), index=true_aoi.index)
-    modal = pred.groupby(true_aoi.to_numpy()).agg(lambda s: s.mode().iloc[0])
+    seen = ~groups["featureless"].to_numpy()
+    modal = pred[seen].groupby(true_aoi.to_numpy()[seen]).agg(lambda s: s.mode().iloc[0])
     ok = pred[which].to_numpy() == modal.loc[true_aoi[which].to_numpy()].to_numpy()
     return f"{int(ok.sum())}/{int(which.sum())}"
 

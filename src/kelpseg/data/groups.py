@@ -7,15 +7,16 @@ straddle training and validation.
 The DEM of an acquisition has holes: Landsat-7 SLC-off gaps and scene edges are -32768 in all
 seven bands, the DEM included, and each acquisition has its own. A DEM pixel is therefore
 *unknown* where both the DEM and the spectral bands are missing; where only the DEM is missing
-(offshore, beyond the DEM product's coverage) it is sea at elevation 0.
+(offshore, beyond the DEM product's coverage) it is open sea, the same in every acquisition.
 
 Two embeddings:
 
 - ``dem-pool`` (default) needs no weights. Each DEM is pooled to a coarse grid over its known
   pixels (land share, log elevation and DEM coverage per cell) with a per-cell weight, the
-  share of known pixels. Two tiles are compared by a weighted Pearson correlation over the cells known in both
-  (weight ``w_i * w_j``), computed for all pairs with a few matrix products in blocks, and
-  joined when it is >= ``threshold`` and they share at least ``min_overlap`` of the tile.
+  share of known pixels. Two tiles are compared by a weighted Pearson correlation over the
+  cells known in both (weight ``(w_i * w_j)^2``), computed for all pairs with a few matrix
+  products in blocks, and joined when it is >= ``threshold`` and they share at least
+  ``min_overlap`` of the tile.
   A tile left alone by that rule (big holes) joins the tile it matches best if they share at
   least ``ATTACH_OVERLAP`` of the tile and still correlate >= ``threshold``.
   Pooling makes it tolerant to a few px of DEM misalignment; a shift detected by
@@ -130,21 +131,29 @@ class PooledDems:
         return PooledDems(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
 
 
+def _cell_sums(x: np.ndarray, grid: int) -> np.ndarray:
+    """Sums of ``(N, H, W)`` values over a ``grid x grid`` raster of cells -> ``(N, C)``."""
+    rows = (np.arange(grid) * x.shape[1]) // grid
+    cols = (np.arange(grid) * x.shape[2]) // grid
+    sums = np.add.reduceat(np.add.reduceat(x, rows, axis=1), cols, axis=2)
+    return sums.reshape(len(x), -1)
+
+
 def pool_dems(dems: np.ndarray, grid: int = 16) -> PooledDems:
     """Pool ``(N, H, W)`` DEMs (:func:`read_dem`: NaN unknown) over their known pixels."""
-    t = torch.from_numpy(np.ascontiguousarray(dems, dtype=np.float32))
-    known = ~torch.isnan(t)
-    dem = torch.nan_to_num(t, nan=NO_DEM)
+    grid = min(grid, *dems.shape[1:])
+    known = ~np.isnan(dems)
+    dem = np.where(known, dems, NO_DEM).astype(np.float32)
     cover = dem >= 0
-    elev = torch.log1p(dem.clamp_min(0)) / math.log1p(1000.0)
-    stack = torch.stack([known.float(), (dem > 0).float(), elev, cover.float()], dim=1)
-    pooled = F.adaptive_avg_pool2d(stack, grid).flatten(2)
-    weight = pooled[:, 0]
-    values = torch.where(weight[:, None] > 0, pooled[:, 1:] / weight[:, None].clamp_min(1e-6), 0)
+    channels = (dem > 0, np.log1p(np.maximum(dem, 0)) / np.float32(math.log1p(1000.0)), cover)
+    n_known = _cell_sums(known.astype(np.float32), grid)
+    area = _cell_sums(np.ones((1, *dems.shape[1:]), np.float32), grid)
+    safe = np.maximum(n_known, 1.0)
+    values = np.stack([_cell_sums(c.astype(np.float32), grid) / safe for c in channels], 1)
     return PooledDems(
-        values=values.numpy(),
-        weight=weight.numpy(),
-        featureless=(~(cover & known).flatten(1).any(1)).numpy(),
+        values=values.astype(np.float32),
+        weight=(n_known / area).astype(np.float32),
+        featureless=~(cover & known).reshape(len(dems), -1).any(1),
     )
 
 
@@ -173,19 +182,21 @@ def masked_matches(
 ) -> Matches:
     """Weighted Pearson correlation of every pair of pooled DEMs over the cells known in both.
 
-    For tiles ``i, j`` each cell counts with weight ``w_i * w_j``; the channels (land share,
+    For tiles ``i, j`` each cell counts with weight ``(w_i * w_j)^2``; the channels (land share,
     elevation, DEM coverage) are pooled into one correlation. All pairs come from seven matrix
     products per block of rows (``block x N`` memory), so thousands of tiles take seconds.
 
     Args:
         pooled: Pooled DEMs.
         threshold: Correlation that joins two tiles.
-        min_overlap: Jointly known share of the tile (``sum(w_i * w_j) / C``) a joining pair
-            needs.
+        min_overlap: Jointly known share of the tile (``sum((w_i * w_j)^2) / C``) a joining
+            pair needs.
         attach_overlap: Jointly known share a best match needs.
         block: Rows per block.
     """
-    w = pooled.weight.astype(np.float64)
+    # A cell's mean over its known pixels is biased where a hole's border crosses the coast:
+    # partly known cells count less (weight squared).
+    w = pooled.weight.astype(np.float64) ** 2
     v = pooled.values.astype(np.float64)
     vw = v * w[:, None]
     a = vw.sum(1)  # per cell, weighted sums over the channels
