@@ -9,13 +9,15 @@ The generated DEMs have the holes of real data (SLC-off gaps on ~20 % of tiles, 
 ~10 %, -32768 in all seven bands, the DEM included).
 
 Agreement: adjusted Rand index (ARI) between the groups and the generator's true AOIs, over all
-tiles and over the tiles whose known DEM holds land (a DEM with no land says nothing about where
-a tile is: those share one all-water group by design), with and without undoing the DEM shifts
+tiles and over the tiles whose known DEM shows a coast (land, or the coastal strip of elevation
+0; a DEM without says nothing about where a tile is: those share one all-water group by design),
+with and without undoing the DEM shifts
 ``kelpseg stats`` detects (``data.correct_dem_shift``).
 
 Leakage: the training tiles are grouped and split as ``kelpseg run`` does (``max_group_size``
 50, 10 folds, seed 42, shifts corrected) and the tiles whose true AOI straddles folds are
-counted: among tiles with land in their known DEM, and among all tiles whose true AOI has land.
+counted: among tiles with a coast (land or the coastal strip of elevation 0) in their known
+DEM, and among all tiles whose true AOI has land.
 
 Speed: grouping the real set's 5,635 tiles. The DEMs of the generated tiles are turned into
 5,635 distinct ones (8 flips/rotations x 3 circular shifts), pooled and grouped in memory and
@@ -89,7 +91,7 @@ def agreement(root: Path, threshold: float, grid: int, timm: TimmSpec | None) ->
                 "embedding": embedding,
                 "DEM shift corrected": correct,
                 "ARI all tiles": round(adjusted_rand_score(t["aoi"], g["aoi"]), 3),
-                "ARI tiles with land": round(
+                "ARI tiles with a coast": round(
                     adjusted_rand_score(t["aoi"][seen], g["aoi"][seen]), 3
                 ),
                 "shifted tiles with land in their AOI's group": _joined(
@@ -102,7 +104,7 @@ def agreement(root: Path, threshold: float, grid: int, timm: TimmSpec | None) ->
         )
     n_aoi, n_fl = t["aoi"].nunique(), int((~seen).sum())
     print(f"\n== {len(ids)} tiles of {n_aoi} AOIs, threshold {threshold}, grid {grid}; {root}")
-    print(f"{n_fl} tiles have no land in their DEM ({t['aoi'][~seen].nunique()} AOIs)")
+    print(f"{n_fl} tiles show no coast in their known DEM ({t['aoi'][~seen].nunique()} AOIs)")
     print(f"{int(holed.sum())} tiles have DEM holes, {int((t['missing_pct'] > 40).sum())} > 40 %")
     print(pd.DataFrame(rows).to_string(index=False))
     leakage(refs, stats, truth, threshold, grid)
@@ -135,10 +137,10 @@ def leakage(refs: list, stats: pd.DataFrame, truth: pd.DataFrame, threshold: flo
     print(
         f"\n== leakage: {len(ids)} training tiles, {g['aoi'].nunique()} groups "
         f"({g.attrs.get('capped_groups', 0)} split by max_group_size 50), 10 folds; "
-        f"ARI {ari:.3f} over tiles with land in their known DEM"
+        f"ARI {ari:.3f} over tiles with a coast in their known DEM"
     )
     print(
-        "tiles with land in their known DEM whose true AOI's tiles with land straddle folds: "
+        "tiles with a coast in their known DEM whose true AOI's such tiles straddle folds: "
         f"{int((seen & (land_folds > 1)).sum())} of {int(seen.sum())}"
     )
     print(
