@@ -11,9 +11,11 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 
 from kelpseg.data.groups import (
+    NO_DEM,
     TimmSpec,
     capped_groups,
     compute_groups,
+    dem_for_grouping,
     dem_shifts,
     load_timm,
     timm_embedding,
@@ -86,6 +88,13 @@ def test_correcting_detected_dem_shifts_recovers_the_shifted_tiles(shifted_set) 
     print(f"ARI on tiles with DEM information: {ari_plain:.3f} plain, {ari_fixed:.3f} corrected")
     assert ari_fixed >= 0.95, (ari_plain, ari_fixed)
     assert ari_fixed >= ari_plain + 0.05, (ari_plain, ari_fixed)
+
+
+def test_a_hole_is_unknown_but_offshore_dem_nodata_is_sea() -> None:
+    dem = np.array([[120, 0, NODATA, NODATA]], np.int16)
+    spectral = np.array([[9000, 8000, 7000, NODATA]], np.int16)
+    out = dem_for_grouping(spectral, dem)
+    assert out[0, :3].tolist() == [120.0, 0.0, NO_DEM] and np.isnan(out[0, 3])
 
 
 def test_groups_hold_true_areas_on_holed_dems_and_no_area_straddles_folds(shifted_set) -> None:

@@ -82,24 +82,34 @@ class TimmSpec:
 
 
 def read_dem(path: Path, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """The DEM band of a tile: float32 metres, :data:`NO_DEM` offshore, NaN where unknown.
+    """The DEM of a tile file for grouping (see :func:`dem_for_grouping`); reads two bands."""
+    with open_raster(path) as src:
+        spectral, dem = src.read([1, DEM_INDEX + 1])
+    return dem_for_grouping(spectral, dem, shift)
+
+
+def dem_for_grouping(
+    spectral: np.ndarray, dem: np.ndarray, shift: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """A DEM as grouping reads it: float32 metres, :data:`NO_DEM` offshore, NaN where unknown.
 
     A pixel is unknown where the DEM and the spectral bands are all missing (SLC-off gaps,
     scene edges). A DEM missing under valid spectral pixels is sea beyond the DEM product's
     coverage (:data:`NO_DEM`), which every acquisition of an area shares, like the strip of
-    elevation 0 along the coast.
+    elevation 0 along the coast. For a tile already in memory:
+    ``dem_for_grouping(raw[0], raw[DEM_INDEX], shift)``.
 
     Args:
-        path: The tile.
+        spectral: Any one spectral band of the tile (``-32768`` where missing).
+        dem: The raw DEM band.
         shift: A detected DEM shift ``(dx, dy)`` to undo (see :func:`quality.shift_dem`); the
             holes move with the DEM.
     """
-    with open_raster(path) as src:
-        spectral, raw = src.read([1, DEM_INDEX + 1])
-    dem = raw.astype(np.float32)
-    dem[raw == NODATA] = NO_DEM
-    dem[(raw == NODATA) & (spectral == NODATA)] = np.nan
-    return shift_dem(dem, *shift)
+    out = dem.astype(np.float32)
+    gone = dem == NODATA
+    out[gone] = NO_DEM
+    out[gone & (spectral == NODATA)] = np.nan
+    return shift_dem(out, *shift)
 
 
 def _land_and_elevation(dems: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
