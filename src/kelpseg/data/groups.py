@@ -18,7 +18,8 @@ Two embeddings:
   products in blocks, and joined when it is >= ``threshold`` and they share at least
   ``min_overlap`` of the tile.
   A tile left alone by that rule (big holes) joins the tile it matches best if they share at
-  least ``ATTACH_OVERLAP`` of the tile and still correlate >= ``threshold``.
+  least ``ATTACH_OVERLAP`` of the tile and still correlate >= ``threshold``; one that matches
+  nothing stays a group of its own (never the all-water group, which the size cap cuts).
   Pooling makes it tolerant to a few px of DEM misalignment; a shift detected by
   ``kelpseg stats`` can also be undone before embedding (``data.correct_dem_shift``).
 - ``timm``: global-pooled features of a timm CNN (the seed used an ImageNet ResNet-50) on the
