@@ -12,6 +12,7 @@ import pytest
 
 from kelpseg.io import read_georef, read_mask, read_tile
 from kelpseg.synth import TRUTH_COLUMNS, SynthResult, generate, plan, render
+from kelpseg.synth.artifacts import slc_off_stripes
 from kelpseg.synth.layout import METADATA_NAME
 from kelpseg.synth.noise import fbm
 from kelpseg.synth.plan import MASK_CORRUPTIONS
@@ -119,7 +120,9 @@ def test_truth_matches_files(truth: pd.DataFrame, tiles: dict) -> None:
         missing = (spectral == NODATA).any(0)
         assert row.kelp_pixels == int(mask.sum())
         assert row.missing_pct == pytest.approx(100 * missing.mean(), abs=1e-3)
-        assert row.striped == (row.sensor == "LE07") == bool((missing & (qa == 1)).any())
+        slc_off = row.sensor == "LE07" and row.date >= "2003-05-31"
+        assert row.striped == slc_off == bool((missing & (qa == 1)).any())
+        assert (img[6][missing] == NODATA).all()  # the holes are in the DEM band too
         assert row.scene_edge == bool((qa == NODATA).any())
         assert ((qa == NODATA) == (spectral == NODATA).all(0) & (qa == NODATA)).all()
         assert (qa[missing] != 0).all()  # stripes and scene edges are flagged
@@ -130,7 +133,7 @@ def test_truth_matches_files(truth: pd.DataFrame, tiles: dict) -> None:
         bright = spectral[:, cloud]
         assert ((bright >= 15_000) & (bright <= 25_000) | (bright == 32767)).all()
         assert row.heavy_corrupted == ((qa != 0).mean() > 0.7)
-        if (row.dem_shift_x, row.dem_shift_y) == (0, 0):
+        if (row.dem_shift_x, row.dem_shift_y) == (0, 0) and row.missing_pct == 0:
             water = (img[6] <= 0).mean() * 100  # DEM missing (-32768) or 0 at sea
             assert row.water_pct == pytest.approx(water, abs=1e-3)
         assert row.almost_all_water == (row.water_pct > 98)
@@ -158,7 +161,12 @@ def test_acquisitions_share_dem_up_to_shift(truth: pd.DataFrame, tiles: dict) ->
         for other in rows[1:]:
             ox, oy = other.dem_shift_x - ref.dem_shift_x, other.dem_shift_y - ref.dem_shift_y
             a, b = _overlap(tiles[other.tile_id][0][6], tiles[ref.tile_id][0][6], ox, oy)
-            np.testing.assert_array_equal(a, b)
+            ha, hb = (
+                (tiles[t][0][:5] == NODATA).all(0) for t in (other.tile_id, ref.tile_id)
+            )  # holes (SLC-off gaps, scene edges) differ between acquisitions
+            ha, hb = _overlap(ha, hb, ox, oy)
+            both = ~ha & ~hb
+            np.testing.assert_array_equal(a[both], b[both])
             compared += 1
     assert compared > 0
     assert ((truth["dem_shift_x"] != 0) | (truth["dem_shift_y"] != 0)).any()
@@ -175,6 +183,27 @@ def test_data_set_has_the_hard_cases(truth: pd.DataFrame) -> None:
     confusers = set(";".join(truth["confusers"]).split(";")) - {""}
     assert confusers >= {"surf", "glint", "coastal_vegetation", "cloud_shadow"}
     assert (truth["cloud_pct"] > 0).any() and (truth["cloud_pct"] == 0).any()
+
+
+def test_dem_has_the_holes_of_real_data_at_the_stated_rates() -> None:
+    _, tile_plans = plan(aois=1500, seed=4, size=SIZE)
+    slc_off = np.mean([t.slc_off for t in tile_plans])
+    edge = np.array([t.scene_edge for t in tile_plans])
+    assert 0.15 <= slc_off <= 0.25  # not every Landsat-7 tile: the SLC failed in May 2003
+    assert any(t.sensor == "LE07" and not t.slc_off for t in tile_plans)
+    assert 0.08 <= (edge > 0).mean() <= 0.14
+    assert (edge > 0.4).mean() > 0.01
+    rng = np.random.default_rng(0)
+    gaps = np.array([slc_off_stripes(rng, 350).mean() for _ in range(200)])
+    assert 0.1 < np.median(gaps) < 0.3 and (gaps > 0.4).any()  # wide wedges: > 40 % missing
+    aois, tile_plans = plan(aois=24, seed=2, size=96)
+    holed = 0
+    for _, _, r in render(aois, tile_plans, seed=2, size=96):
+        missing = r.layers["stripes"] | r.layers["scene_edge"]
+        np.testing.assert_array_equal(r.image[6] == NODATA, missing | (r.image[6] == NODATA))
+        assert (r.image[:5, missing] == NODATA).all() and (r.image[6][missing] == NODATA).all()
+        holed += bool(missing.any() and (r.image[6] > 0).any())
+    assert holed >= 5  # acquisitions with land carry DEMs with their own holes
 
 
 def test_ndvi_separates_kelp_only_imperfectly(tiles: dict) -> None:

@@ -135,10 +135,10 @@ def groups(
     data: Annotated[Path, typer.Argument(help="Dataset folder.")],
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
     threshold: Annotated[
-        float | None, typer.Option(help="Cosine similarity to join tiles.")
+        float | None, typer.Option(help="DEM correlation that joins tiles.")
     ] = None,
     max_group_size: Annotated[
-        int | None, typer.Option(help="Split larger groups (deterministic).")
+        int | None, typer.Option(help="Cut the all-water group into chunks (areas never).")
     ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,

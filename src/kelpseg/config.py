@@ -57,7 +57,7 @@ class GroupsConfig(_Section):
         None, description="Local weights file for timm_model (never downloaded)."
     )
     max_group_size: int | None = Field(
-        None, ge=1, description="Split larger groups deterministically; null = no cap."
+        None, ge=1, description="Cut the all-water group into chunks (areas are never split)."
     )
 
 

@@ -1,29 +1,46 @@
 """AOI de-duplication (``kelpseg groups``).
 
-The competition holds several acquisitions of one area of interest. Tiles whose DEM
-embeddings have cosine similarity >= a threshold are joined, and connected components of that
-graph are the AOIs, so near-duplicates never straddle training and validation.
+The competition holds several acquisitions of one area of interest. Tiles whose DEMs match are
+joined, and connected components of that graph are the AOIs, so acquisitions of one area never
+straddle training and validation.
+
+The DEM of an acquisition has holes: Landsat-7 SLC-off gaps and scene edges are -32768 in all
+seven bands, the DEM included, and each acquisition has its own. A DEM pixel is therefore
+*unknown* where both the DEM and the spectral bands are missing; where only the DEM is missing
+(offshore, beyond the DEM product's coverage) it is open sea, the same in every acquisition.
 
 Two embeddings:
 
-- ``dem-pool`` (default) needs no weights: the DEM's land mask and elevation pooled to a coarse
-  grid, centred and L2-normalised (cosine similarity is then a correlation of coastline shape).
+- ``dem-pool`` (default) needs no weights. Each DEM is pooled to a coarse grid over its known
+  pixels (land share, log elevation and DEM coverage per cell) with a per-cell weight, the
+  share of known pixels. Two tiles are compared by a weighted Pearson correlation over the
+  cells known in both (weight ``(w_i * w_j)^2``), computed for all pairs with a few matrix
+  products in blocks, and joined when it is >= ``threshold`` and they share at least
+  ``min_overlap`` of the tile.
+  A tile left alone by that rule (big holes) joins the tile it matches best if they share at
+  least ``ATTACH_OVERLAP`` of the tile and still correlate >= ``threshold``; one that matches
+  nothing stays a group of its own (never the all-water group, which the size cap cuts).
   Pooling makes it tolerant to a few px of DEM misalignment; a shift detected by
   ``kelpseg stats`` can also be undone before embedding (``data.correct_dem_shift``).
 - ``timm``: global-pooled features of a timm CNN (the seed used an ImageNet ResNet-50) on the
-  DEM drawn as an image. It needs weights on disk (``groups.timm_weights``); kelpseg never
-  downloads them and never falls back to random weights.
+  DEM drawn as an image (unknown pixels drawn as sea), joined at cosine >= ``threshold``. It
+  needs weights on disk (``groups.timm_weights``); kelpseg never downloads them and never falls
+  back to random weights.
 
-Tiles with no land at all carry no DEM information; they are put in one "all-water" group rather
-than guessed apart (the safe choice against leakage). ``groups.max_group_size`` caps giant
-groups: a group above the cap is split along stricter similarity thresholds first, and what is
-still too big is cut into equal chunks in tile order (deterministic).
+Tiles whose known pixels hold no DEM at all (open sea beyond the DEM's coverage, or a coast
+hidden in the holes) carry no DEM information; they are put in one "all-water" group rather
+than guessed apart. A coastal strip of elevation 0 is information: it places a tile whose
+land lies just outside it or in its holes.
+``groups.max_group_size`` caps that group only (chunks in tile order, for fold balance): a real
+area is never split, whatever its number of acquisitions, since its parts would land in
+different folds.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +56,12 @@ from kelpseg.io.raster import open_raster
 from kelpseg.io.tiles import DEM_INDEX, NODATA
 
 FEATURELESS = -1
+NO_DEM = -1.0
+""":func:`read_dem`'s value where the DEM product has no data under valid pixels (offshore)."""
+MIN_OVERLAP = 0.25
+"""Share of the tile that must be known in both DEMs for two tiles to be joined."""
+ATTACH_OVERLAP = 0.05
+"""Share known in both that lets a tile with no match at :data:`MIN_OVERLAP` join its best."""
 EMBEDDINGS: tuple[str, ...] = ("dem-pool", "timm")
 
 
@@ -60,17 +83,34 @@ class TimmSpec:
 
 
 def read_dem(path: Path, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """The DEM band of a tile, float32 with NaN where missing.
+    """The DEM of a tile file for grouping (see :func:`dem_for_grouping`); reads two bands."""
+    with open_raster(path) as src:
+        spectral, dem = src.read([1, DEM_INDEX + 1])
+    return dem_for_grouping(spectral, dem, shift)
+
+
+def dem_for_grouping(
+    spectral: np.ndarray, dem: np.ndarray, shift: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """A DEM as grouping reads it: float32 metres, :data:`NO_DEM` offshore, NaN where unknown.
+
+    A pixel is unknown where the DEM and the spectral bands are all missing (SLC-off gaps,
+    scene edges). A DEM missing under valid spectral pixels is sea beyond the DEM product's
+    coverage (:data:`NO_DEM`), which every acquisition of an area shares, like the strip of
+    elevation 0 along the coast. For a tile already in memory:
+    ``dem_for_grouping(raw[0], raw[DEM_INDEX], shift)``.
 
     Args:
-        path: The tile.
-        shift: A detected DEM shift ``(dx, dy)`` to undo (see :func:`quality.shift_dem`).
+        spectral: Any one spectral band of the tile (``-32768`` where missing).
+        dem: The raw DEM band.
+        shift: A detected DEM shift ``(dx, dy)`` to undo (see :func:`quality.shift_dem`); the
+            holes move with the DEM.
     """
-    with open_raster(path) as src:
-        dem = src.read(DEM_INDEX + 1)
-    dem = shift_dem(dem, *shift).astype(np.float32)
-    dem[dem == NODATA] = np.nan
-    return dem
+    out = dem.astype(np.float32)
+    gone = dem == NODATA
+    out[gone] = NO_DEM
+    out[gone & (spectral == NODATA)] = np.nan
+    return shift_dem(out, *shift)
 
 
 def _land_and_elevation(dems: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,24 +118,163 @@ def _land_and_elevation(dems: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     return (dem > 0).float(), torch.log1p(dem) / np.log1p(1000.0)
 
 
-def dem_embedding(dems: np.ndarray, grid: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Embed ``(N, H, W)`` DEMs.
+@dataclass(frozen=True)
+class PooledDems:
+    """DEMs pooled to a ``grid x grid`` raster of ``C`` cells over their known pixels.
 
-    Returns:
-        ``(N, 2*grid*grid)`` unit vectors and a boolean array marking featureless tiles
-        (no land pixel), whose vectors are zero.
+    Attributes:
+        values: ``(N, 3, C)`` per cell, over its known pixels: the share of land (elevation
+            > 0), the mean ``log1p(metres) / log1p(1000)``, and the share the DEM covers
+            (land and the coastal strip of elevation 0).
+        weight: ``(N, C)`` share of known pixels in each cell (0: nothing known there).
+        featureless: ``(N,)`` the DEM covers none of the known pixels (open sea, or the
+            coast hidden in holes): nothing tells where the tile is.
     """
-    land, elev = _land_and_elevation(dems)
-    feats = torch.cat(
-        [F.adaptive_avg_pool2d(land, grid), F.adaptive_avg_pool2d(elev, grid)], dim=1
-    ).flatten(1)
-    feats = feats - feats.mean(dim=1, keepdim=True)
-    norm = feats.norm(dim=1, keepdim=True)
-    featureless = (land.flatten(1).sum(1) == 0) | (norm[:, 0] < 1e-6)
-    feats = torch.where(
-        featureless[:, None], torch.zeros_like(feats), feats / norm.clamp_min(1e-12)
+
+    values: np.ndarray
+    weight: np.ndarray
+    featureless: np.ndarray
+
+    @staticmethod
+    def concat(parts: list[PooledDems]) -> PooledDems:
+        """One table from batches."""
+        names = [f.name for f in fields(PooledDems)]
+        return PooledDems(**{k: np.concatenate([getattr(p, k) for p in parts]) for k in names})
+
+
+def _cell_sums(x: np.ndarray, grid: int) -> np.ndarray:
+    """Sums of ``(N, H, W)`` values over a ``grid x grid`` raster of cells -> ``(N, C)``."""
+    rows = (np.arange(grid) * x.shape[1]) // grid
+    cols = (np.arange(grid) * x.shape[2]) // grid
+    sums = np.add.reduceat(np.add.reduceat(x, rows, axis=1), cols, axis=2)
+    return sums.reshape(len(x), -1)
+
+
+def pool_dems(dems: np.ndarray, grid: int = 16) -> PooledDems:
+    """Pool ``(N, H, W)`` DEMs (:func:`read_dem`: NaN unknown) over their known pixels."""
+    grid = min(grid, *dems.shape[1:])
+    known = ~np.isnan(dems)
+    dem = np.where(known, dems, NO_DEM).astype(np.float32)
+    cover = dem >= 0
+    channels = (dem > 0, np.log1p(np.maximum(dem, 0)) / np.float32(math.log1p(1000.0)), cover)
+    n_known = _cell_sums(known.astype(np.float32), grid)
+    area = _cell_sums(np.ones((1, *dems.shape[1:]), np.float32), grid)
+    safe = np.maximum(n_known, 1.0)
+    values = np.stack([_cell_sums(c.astype(np.float32), grid) / safe for c in channels], 1)
+    return PooledDems(
+        values=values.astype(np.float32),
+        weight=(n_known / area).astype(np.float32),
+        featureless=~(cover & known).reshape(len(dems), -1).any(1),
     )
-    return feats.numpy(), featureless.numpy()
+
+
+@dataclass(frozen=True)
+class Matches:
+    """Pairs of tiles whose DEMs match, and each tile's best match.
+
+    Attributes:
+        pairs: ``(M, 2)`` tile indices ``i < j`` joined by the strict rule.
+        best: ``(N,)`` index of the best-correlated tile sharing >= the attach overlap
+            (-1: none).
+        best_r: ``(N,)`` that correlation (-inf: none).
+    """
+
+    pairs: np.ndarray
+    best: np.ndarray
+    best_r: np.ndarray
+
+
+def masked_matches(
+    pooled: PooledDems,
+    threshold: float,
+    min_overlap: float,
+    attach_overlap: float,
+    block: int = 512,
+) -> Matches:
+    """Weighted Pearson correlation of every pair of pooled DEMs over the cells known in both.
+
+    For tiles ``i, j`` each cell counts with weight ``(w_i * w_j)^2``; the channels (land share,
+    elevation, DEM coverage) are pooled into one correlation. All pairs come from seven matrix
+    products per block of rows (``block x N`` memory), so thousands of tiles take seconds.
+
+    Args:
+        pooled: Pooled DEMs.
+        threshold: Correlation that joins two tiles.
+        min_overlap: Jointly known share of the tile (``sum((w_i * w_j)^2) / C``) a joining
+            pair needs.
+        attach_overlap: Jointly known share a best match needs.
+        block: Rows per block.
+    """
+    # A cell's mean over its known pixels is biased where a hole's border crosses the coast:
+    # partly known cells count less (weight squared).
+    w = pooled.weight.astype(np.float64) ** 2
+    v = pooled.values.astype(np.float64)
+    vw = v * w[:, None]
+    a = vw.sum(1)  # per cell, weighted sums over the channels
+    b = (vw * v).sum(1)  # weighted sums of squares
+    p = vw.reshape(len(v), -1)
+    n_tiles, cells = w.shape
+    channels = v.shape[1]
+    live = ~pooled.featureless
+    pairs, best = [], np.full(n_tiles, -1, np.int64)
+    best_r = np.full(n_tiles, -np.inf)
+    for i0 in range(0, n_tiles, block):
+        i1 = min(i0 + block, n_tiles)
+        ww = w[i0:i1] @ w.T
+        n = channels * ww
+        sx, sy = a[i0:i1] @ w.T, w[i0:i1] @ a.T
+        vx = b[i0:i1] @ w.T - sx * sx / np.maximum(n, 1e-12)
+        vy = w[i0:i1] @ b.T - sy * sy / np.maximum(n, 1e-12)
+        cov = p[i0:i1] @ p.T - sx * sy / np.maximum(n, 1e-12)
+        ok = (vx > 1e-9 * n) & (vy > 1e-9 * n)
+        r = np.where(ok, cov / np.sqrt(np.where(ok, vx * vy, 1.0)), 0.0)
+        overlap = ww / cells
+        rows = np.arange(i0, i1)
+        r[rows - i0, rows] = -np.inf  # not oneself
+        r[:, ~live] = -np.inf
+        r[~live[i0:i1]] = -np.inf
+        ii, jj = np.nonzero((r >= threshold) & (overlap >= min_overlap))
+        keep = ii + i0 < jj
+        pairs.append(np.stack([ii[keep] + i0, jj[keep]], axis=1))
+        r = np.where(overlap >= attach_overlap, r, -np.inf)
+        j = r.argmax(axis=1)
+        best[i0:i1] = np.where(np.isfinite(r[rows - i0, j]), j, -1)
+        best_r[i0:i1] = r[rows - i0, j]
+    all_pairs = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    return Matches(all_pairs, best, best_r)
+
+
+def _graph_labels(n: int, pairs: np.ndarray) -> np.ndarray:
+    adj = csr_matrix((np.ones(len(pairs), bool), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
+    return connected_components(adj, directed=False)[1]
+
+
+def group_pooled(
+    pooled: PooledDems,
+    threshold: float,
+    min_overlap: float = MIN_OVERLAP,
+    attach_overlap: float = ATTACH_OVERLAP,
+) -> np.ndarray:
+    """AOI label per tile from pooled DEMs (see :func:`masked_matches`).
+
+    Tiles with no strict match join their best match when it correlates >= ``threshold``
+    over at least ``attach_overlap`` of the tile (a tile with big holes). Featureless tiles
+    all share one group. Labels are 0..G-1, ordered by first appearance.
+    """
+    n = len(pooled.featureless)
+    m = masked_matches(pooled, threshold, min_overlap, attach_overlap)
+    degree = np.bincount(m.pairs.ravel(), minlength=n)
+    lonely = np.flatnonzero((degree == 0) & (m.best >= 0) & (m.best_r >= threshold))
+    extra = np.stack([lonely, m.best[lonely]], axis=1)
+    labels = _graph_labels(n, np.concatenate([m.pairs, extra]).astype(np.int64))
+    return _with_featureless(labels, pooled.featureless)
+
+
+def _with_featureless(labels: np.ndarray, featureless: np.ndarray) -> np.ndarray:
+    if featureless.any():
+        labels = labels.copy()
+        labels[featureless] = labels[featureless][0]
+    return _first_appearance(labels)
 
 
 def load_timm(spec: TimmSpec) -> torch.nn.Module:
@@ -132,7 +311,7 @@ def timm_embedding(
     """Embed ``(N, H, W)`` DEMs with a pretrained timm CNN (land, elevation, land as RGB).
 
     Returns:
-        L2-normalised features and the featureless flags, as :func:`dem_embedding`.
+        L2-normalised features and flags for tiles with no land (their features are 0).
     """
     model = model if model is not None else load_timm(spec)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
@@ -152,11 +331,6 @@ def timm_embedding(
     return feats.numpy(), featureless.numpy()
 
 
-def _components(emb: np.ndarray, threshold: float) -> np.ndarray:
-    adj = emb @ emb.T >= threshold
-    return connected_components(csr_matrix(adj), directed=False)[1]
-
-
 def _first_appearance(labels: np.ndarray) -> np.ndarray:
     _, first = np.unique(labels, return_index=True)
     order = {lab: i for i, lab in enumerate(labels[np.sort(first)])}
@@ -164,91 +338,46 @@ def _first_appearance(labels: np.ndarray) -> np.ndarray:
 
 
 def group_embeddings(emb: np.ndarray, featureless: np.ndarray, threshold: float) -> np.ndarray:
-    """AOI label per tile: connected components of ``cosine >= threshold``.
+    """AOI label per tile: connected components of ``cosine >= threshold`` (timm embedding).
 
     Featureless tiles all share one group. Labels are 0..G-1, ordered by first appearance.
     """
-    sim = emb @ emb.T
-    adj = sim >= threshold
+    adj = emb @ emb.T >= threshold
     adj[featureless, :] = False
     adj[:, featureless] = False
     _, labels = connected_components(csr_matrix(adj), directed=False)
-    if featureless.any():
-        labels = labels.copy()
-        labels[featureless] = labels[featureless][0]
-    return _first_appearance(labels)
+    return _with_featureless(labels, featureless)
 
 
 def cap_groups(
-    labels: np.ndarray,
-    emb: np.ndarray,
-    featureless: np.ndarray,
-    threshold: float,
-    max_size: int,
+    labels: np.ndarray, featureless: np.ndarray, max_size: int
 ) -> tuple[np.ndarray, int]:
-    """Split every group larger than ``max_size``.
+    """Cut the featureless (all-water) group into chunks of at most ``max_size``, in tile order.
 
-    A big group is re-split at stricter thresholds (halfway to 1, up to five times), keeping
-    the most similar tiles together; parts still too big (e.g. the featureless group) are cut
-    into equal chunks in tile order. Deterministic.
+    Only that group is ever split: the tiles in it carry no DEM information anyway, while a
+    real area (any group with land) cut into chunks would straddle folds. Deterministic.
 
     Returns:
         New labels (0..G-1 by first appearance) and the number of groups that were split.
     """
     out = labels.copy()
-    next_label = int(labels.max()) + 1 if labels.size else 0
-    sizes = np.bincount(labels)
-    capped = 0
-    for lab in np.flatnonzero(sizes > max_size):
-        capped += 1
-        pending = [np.flatnonzero(labels == lab)]
-        t = threshold
-        for _ in range(5):
-            t = t + (1.0 - t) / 2
-            split = []
-            for idx in pending:
-                if len(idx) <= max_size or featureless[idx].all():
-                    split.append(idx)
-                    continue
-                sub = _components(emb[idx], t)
-                split.extend(idx[sub == s] for s in np.unique(sub))
-            pending = split
-        for idx in pending:
-            for chunk in np.array_split(idx, math.ceil(len(idx) / max_size)):
-                out[chunk] = next_label
-                next_label += 1
-    return _first_appearance(out), capped
+    idx = np.flatnonzero(featureless)
+    if len(idx) <= max_size or np.isin(labels[idx], labels[~featureless]).any():
+        return out, 0
+    next_label = int(labels.max()) + 1
+    for chunk in np.array_split(idx, math.ceil(len(idx) / max_size)):
+        out[chunk] = next_label
+        next_label += 1
+    return _first_appearance(out), 1
 
 
-def embed_dems(
-    dems: np.ndarray,
-    embedding: str = "dem-pool",
-    grid: int = 16,
-    timm: TimmSpec | None = None,
-    model: torch.nn.Module | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings and featureless flags of ``(N, H, W)`` DEMs with the named backend."""
-    if embedding == "dem-pool":
-        return dem_embedding(dems, grid)
-    if embedding == "timm":
-        return timm_embedding(dems, timm or TimmSpec(), model)
-    raise ValueError(f"unknown embedding {embedding!r}; choose from {', '.join(EMBEDDINGS)}")
-
-
-def embed_files(
-    paths: list[Path],
-    shifts: list[tuple[int, int]],
-    embedding: str = "dem-pool",
-    grid: int = 16,
-    timm: TimmSpec | None = None,
-    model: torch.nn.Module | None = None,
-    batch: int = 256,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Read and embed DEMs batch by batch (memory stays small for any number of tiles).
+def read_dems(
+    paths: list[Path], shifts: list[tuple[int, int]], batch: int = 256
+) -> Iterator[np.ndarray]:
+    """``(B, H, W)`` batches of DEMs (:func:`read_dem`); memory stays small for any number.
 
     DEMs whose shape differs from the first one's are resized to it (nearest).
     """
-    embs, flags = [], []
     shape: tuple[int, ...] | None = None
     with tqdm(total=len(paths), desc="groups", leave=False) as bar:
         for i in range(0, len(paths), batch):
@@ -261,13 +390,8 @@ def embed_files(
                 else F.interpolate(torch.from_numpy(d)[None, None], size=shape).numpy()[0, 0]
                 for d in dems
             ]
-            e, f = embed_dems(np.stack(dems), embedding, grid, timm, model)
-            embs.append(e)
-            flags.append(f)
             bar.update(len(dems))
-    if not embs:
-        return np.zeros((0, 1), np.float32), np.zeros(0, bool)
-    return np.concatenate(embs), np.concatenate(flags)
+            yield np.stack(dems)
 
 
 def compute_groups(
@@ -280,18 +404,22 @@ def compute_groups(
     timm: TimmSpec | None = None,
     max_group_size: int | None = None,
     shifts: list[tuple[int, int]] | None = None,
+    min_overlap: float = MIN_OVERLAP,
 ) -> pd.DataFrame:
     """Group tiles into AOIs.
 
     Args:
         tile_ids: Tile ids, in the order of ``paths``.
         paths: Tiles to read the DEM from.
-        threshold: Cosine similarity that joins two tiles.
+        threshold: Correlation (``dem-pool``) or cosine similarity (``timm``) that joins two
+            tiles.
         grid: Pooling grid of the ``dem-pool`` embedding.
         embedding: ``dem-pool`` or ``timm``.
         timm: Backbone and weights of the ``timm`` embedding.
-        max_group_size: Split groups larger than this (None: no cap).
+        max_group_size: Cut the featureless group into chunks of at most this (None: no cap);
+            groups with land are never split.
         shifts: Per-tile DEM shift ``(dx, dy)`` to undo before embedding.
+        min_overlap: ``dem-pool``: jointly known share of the tile two tiles need to be joined.
 
     Returns:
         A table ``tile_id, aoi, featureless, uncapped_aoi`` (the group before the size cap);
@@ -301,11 +429,20 @@ def compute_groups(
         raise ValueError(f"unknown embedding {embedding!r}; choose from {', '.join(EMBEDDINGS)}")
     model = load_timm(timm or TimmSpec()) if embedding == "timm" else None  # fail early
     shifts = shifts or [(0, 0)] * len(paths)
-    emb, featureless = embed_files(paths, shifts, embedding, grid, timm, model)
-    before = labels = group_embeddings(emb, featureless, threshold)
-    n_capped = 0
+    if not paths:
+        featureless = np.zeros(0, bool)
+        labels = np.zeros(0, np.int64)
+    elif embedding == "dem-pool":
+        pooled = PooledDems.concat([pool_dems(d, grid) for d in read_dems(paths, shifts)])
+        featureless = pooled.featureless
+        labels = group_pooled(pooled, threshold, min_overlap)
+    else:
+        parts = [timm_embedding(d, timm or TimmSpec(), model) for d in read_dems(paths, shifts)]
+        emb, featureless = (np.concatenate(x) for x in zip(*parts, strict=True))
+        labels = group_embeddings(emb, featureless, threshold)
+    before, n_capped = labels, 0
     if max_group_size is not None:
-        labels, n_capped = cap_groups(labels, emb, featureless, threshold, max_group_size)
+        labels, n_capped = cap_groups(labels, featureless, max_group_size)
     table = pd.DataFrame(
         {"tile_id": tile_ids, "aoi": labels, "featureless": featureless, "uncapped_aoi": before}
     )

@@ -13,14 +13,24 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def slc_off_stripes(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Landsat-7 SLC-off gaps: regularly spaced diagonal stripes, slowly widening (wedges)."""
+    """Landsat-7 SLC-off gaps: a scan-pair period of diagonal stripes, widening into wedges.
+
+    A gap is about 1 px wide at the scene centre and about 14 px at the scene's sides; a tile
+    sees a stretch of that wedge (width changing across the tile), and the ends of the scans
+    make the gap borders zig-zag. Wide-gap tiles lose over 40 % of their pixels.
+    """
     yy, xx = _grid(size)
     theta = np.deg2rad(rng.uniform(10, 35)) * rng.choice((-1, 1))
     across = -xx * np.sin(theta) + yy * np.cos(theta)
     along = xx * np.cos(theta) + yy * np.sin(theta)
     period = rng.uniform(26, 34)
-    width = np.clip(rng.uniform(1.5, 9) + rng.uniform(-1.5, 1.5) * along / size, 1, period / 2)
-    return (across + rng.uniform(0, period)) % period < width
+    near, far = np.sort(rng.uniform(1.0, 13.0, 2))
+    far = min(far, near + 4.0)  # a 350 px tile is ~6 % of a scene: the wedge widens slowly
+    t = along / size if rng.random() < 0.5 else 1 - along / size
+    width = np.clip(near + (far - near) * t, 1, period / 2)
+    tooth = rng.uniform(8, 20)  # scan ends: a saw-tooth wobble of the gap's borders
+    zigzag = rng.uniform(0, 1.2) * (2 * np.abs((along / tooth) % 1 - 0.5) - 0.5)
+    return (across + zigzag + rng.uniform(0, period)) % period < width
 
 
 def scene_edge(rng: np.random.Generator, size: int, fraction: float) -> np.ndarray:

@@ -17,6 +17,10 @@ import numpy as np
 from kelpseg.synth.spectra import SENSOR_WEIGHTS, SENSOR_YEARS, SENSORS
 
 MASK_CORRUPTIONS: tuple[str, ...] = ("kelp_on_land", "rectangle", "shifted")
+SLC_FAILURE = dt.date(2003, 5, 31)
+"""Landsat-7's scan-line corrector failed on this date: later LE07 scenes have gaps."""
+SCENE_EDGE_RATE = 0.10
+"""Share of tiles that lie on a scene edge (part of the tile outside the footprint)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class TilePlan:
         kelp_abundance: Canopy abundance on this date in [0, 1] (season and year).
         cloud_cover: Target share of opaque cloud, 0 for a clear date.
         scene_edge: Share of the tile outside the scene footprint, 0 for none.
+        slc_off: Landsat-7 after the scan-line corrector failed: gaps in every band.
         dem_shift: ``(dx, dy)`` DEM misregistration in pixels.
         saturated: Whether some pixels saturate (32767).
         mask_corruption: Planned kind of wrong mask, empty for a correct one.
@@ -75,6 +80,7 @@ class TilePlan:
     kelp_abundance: float
     cloud_cover: float
     scene_edge: float
+    slc_off: bool
     dem_shift: tuple[int, int]
     saturated: bool
     mask_corruption: str
@@ -206,7 +212,7 @@ def plan_tiles(
             days=int(rng.integers(0, 365))
         )
         cloud = float(rng.uniform(0.02, 0.45)) if rng.random() < 0.3 else 0.0
-        edge = float(rng.uniform(0.05, 0.5)) if rng.random() < 0.03 else 0.0
+        edge = float(rng.uniform(0.05, 0.5)) if rng.random() < SCENE_EDGE_RATE else 0.0
         if i in heavy:
             if rng.random() < 0.5:
                 cloud = float(rng.uniform(0.78, 0.97))
@@ -228,6 +234,7 @@ def plan_tiles(
                 kelp_abundance=_abundance(rng, date) if aoi.has_kelp else 0.0,
                 cloud_cover=cloud,
                 scene_edge=edge,
+                slc_off=sensor == "LE07" and date >= SLC_FAILURE,
                 dem_shift=shift,
                 saturated=i in saturated,
                 mask_corruption=str(rng.choice(MASK_CORRUPTIONS)) if i in corrupted else "",

@@ -175,7 +175,7 @@ def render_tile(rng: np.random.Generator, scene: AoiScene, tile: TilePlan) -> Re
     dn = _to_dn(rng, rho, tile.sensor)
     dn = np.where(thick[None], np.clip(dn, 15_000, 25_000), dn)
 
-    stripes = slc_off_stripes(rng, s) if tile.sensor == "LE07" else np.zeros((s, s), bool)
+    stripes = slc_off_stripes(rng, s) if tile.slc_off else np.zeros((s, s), bool)
     edge = scene_edge(rng, s, tile.scene_edge)
     missing = stripes | edge
     sat = saturate(rng, dn, ~missing) if tile.saturated else np.zeros(dn.shape, bool)
@@ -188,6 +188,7 @@ def render_tile(rng: np.random.Generator, scene: AoiScene, tile: TilePlan) -> Re
     image[5][edge] = sp.NODATA  # outside the footprint the QA band is missing too
     dx, dy = tile.dem_shift
     image[6] = scene.crop(scene.dem, dx, dy)
+    image[6][missing] = sp.NODATA  # gaps and scene edges are missing in the DEM band too
 
     true_mask = ((density > KELP_THRESHOLD) & ~is_land & ~thick & ~missing).astype(np.uint8)
     mask, corruption = true_mask, ""

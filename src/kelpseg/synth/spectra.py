@@ -18,7 +18,7 @@ SENSORS: tuple[str, ...] = ("LT05", "LE07", "LC08", "LC09")
 SENSOR_WEIGHTS = np.array([0.3, 0.25, 0.3, 0.15])
 SENSOR_YEARS = {
     "LT05": (1984, 2011),
-    "LE07": (2003, 2021),
+    "LE07": (1999, 2021),  # SLC-off (striped) from 31 May 2003
     "LC08": (2013, 2023),
     "LC09": (2022, 2023),
 }
