@@ -78,7 +78,7 @@ def test_resume_skips_finished_folds(synth_data, trained) -> None:
     from kelpseg.pipeline import prepare, run_training
 
     cfg = load_config("tiny", ["train.max_epochs=2", "train.resume=true"])
-    prep = prepare(synth_data.root, cfg, trained.out, reuse=True)
+    prep = prepare(synth_data.root, cfg, trained.out)
     before = trained.checkpoint.stat().st_mtime_ns
     (result,) = run_training(prep, cfg, trained.out)
     assert (

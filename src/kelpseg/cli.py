@@ -89,8 +89,9 @@ def stats(
     cfg = _config(config, set_, strict)
     try:
         _, table = run_stats(data, cfg, out)
-    except (NothingValidError, FileNotFoundError) as err:
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
+    # TODO(lead): warn per tile with kelpseg.io.plausibility.check_band_order (branch predict)
     typer.echo(flag_summary(out / "tile_stats.csv"))
     typer.echo(f"{len(table)} usable tiles -> {out / 'tile_stats.csv'}, {out / 'band_stats.json'}")
 
@@ -110,7 +111,7 @@ def groups(
 ) -> None:
     """AOI groups of the training tiles from DEM embeddings -> groups.csv. (kelpseg.data.groups)"""
     from kelpseg.data.groups import capped_groups
-    from kelpseg.pipeline import run_groups, run_stats
+    from kelpseg.pipeline import find_tiles, require_train, run_groups, run_stats
 
     cfg = _config(config, set_)
     if threshold is not None:
@@ -118,12 +119,10 @@ def groups(
     if max_group_size is not None:
         cfg.groups.max_group_size = max_group_size
     try:
-        refs, table = run_stats(data, cfg, out)
-    except (NothingValidError, FileNotFoundError) as err:
-        _fail(err)
-    try:
+        refs, table = run_stats(data, cfg, out, find_tiles(data, need_train=True))
+        require_train(table, data)
         g = run_groups(refs, table, cfg, out)
-    except (ValueError, FileNotFoundError) as err:
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
     capped = f", {capped_groups(g)} split by max_group_size" if cfg.groups.max_group_size else ""
     typer.echo(f"{len(g)} tiles in {g['aoi'].nunique()} AOI groups{capped} -> {out / 'groups.csv'}")
@@ -167,7 +166,7 @@ def train(
     cfg = _config(config, set_, strict)
     cfg.train.resume = cfg.train.resume or resume
     try:
-        prep = prepare(data, cfg, out, reuse=True)
+        prep = prepare(data, cfg, out)
         results = run_training(prep, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)

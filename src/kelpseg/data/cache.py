@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from kelpseg.io import BatchReport, TileRef
+from kelpseg.io import NODATA, BatchReport, TileRef
 from kelpseg.io.raster import atomic_write_text
 from kelpseg.io.tiles import DEM_INDEX
 
@@ -34,9 +34,11 @@ class PackedTiles:
         return np.array([lookup[t] for t in tile_ids], dtype=np.int64)
 
 
-def _fingerprint(refs: list[TileRef], shifts: dict[str, tuple[int, int]]) -> str:
+def _fingerprint(
+    refs: list[TileRef], shifts: dict[str, tuple[int, int]], shape: tuple[int, int]
+) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps(sorted(shifts.items())).encode())
+    h.update(json.dumps([sorted(shifts.items()), list(shape)]).encode())
     for r in refs:
         for p in (r.image, r.mask):
             if p is not None:
@@ -56,7 +58,7 @@ def open_cache(folder: Path) -> PackedTiles:
 def build_cache(
     refs: list[TileRef],
     folder: Path,
-    size: int = 350,
+    size: int | tuple[int, int] = 350,
     dem_shifts: dict[str, tuple[int, int]] | None = None,
 ) -> PackedTiles:
     """Decode ``refs`` (valid training tiles with masks) into ``folder``, or reuse it.
@@ -64,7 +66,9 @@ def build_cache(
     Args:
         refs: The tiles.
         folder: Cache folder.
-        size: Tile side.
+        size: Tile side every tile must have, or ``(height, width)`` to accept any size up to
+            it: smaller tiles are padded at the bottom and right with -32768 (missing) and
+            mask 0, which the feature pipeline fills like any missing pixel.
         dem_shifts: Detected DEM shifts ``(dx, dy)`` by tile id, undone while packing
             (``data.correct_dem_shift``), so the network sees the DEM where the image is.
     """
@@ -75,19 +79,27 @@ def build_cache(
 
     folder.mkdir(parents=True, exist_ok=True)
     manifest = folder / "manifest.json"
-    key = _fingerprint(refs, shifts)
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    key = _fingerprint(refs, shifts, shape)
     if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
         return open_cache(folder)
     manifest.unlink(missing_ok=True)
     n = len(refs)
-    images = open_memmap(folder / "images.npy", mode="w+", dtype=np.int16, shape=(n, 7, size, size))
-    masks = open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
+    images = open_memmap(folder / "images.npy", mode="w+", dtype=np.int16, shape=(n, 7, *shape))
+    masks = open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, *shape))
     report = BatchReport("cache")
     ids = []
-    for i, (ref, raw, mask) in enumerate(iter_tiles(refs, size, report, desc="cache")):
+    check = size if isinstance(size, int) else None
+    for i, (ref, raw, mask) in enumerate(iter_tiles(refs, check, report, desc="cache")):
         if ref.tile_id in shifts:
             raw[DEM_INDEX] = shift_dem(raw[DEM_INDEX], *shifts[ref.tile_id])
-        images[i], masks[i] = raw, mask
+        h, w = raw.shape[1:]
+        if (h, w) != shape:
+            if h > shape[0] or w > shape[1]:
+                raise ValueError(f"{ref.image}: {w}x{h} px is larger than the cache's {shape}")
+            images[i] = NODATA
+            masks[i] = 0
+        images[i, :, :h, :w], masks[i, :h, :w] = raw, mask
         ids.append(ref.tile_id)
     if len(ids) != n:
         report.finish()
@@ -96,5 +108,5 @@ def build_cache(
     masks.flush()
     del images, masks
     atomic_write_text(folder / "tile_ids.txt", "\n".join(ids) + "\n")
-    atomic_write_text(manifest, json.dumps({"key": key, "n": n, "size": size}))
+    atomic_write_text(manifest, json.dumps({"key": key, "n": n, "shape": list(shape)}))
     return open_cache(folder)

@@ -177,7 +177,8 @@ def tile_row(
 ) -> dict[str, object]:
     """One row of ``tile_stats.csv``: id, split, the quality stats and, with ``quality``, the
     data-problem columns of :func:`kelpseg.data.quality.quality_flags`."""
-    row: dict[str, object] = {"tile_id": ref.tile_id, "split": ref.split, **tile_flags(raw, mask)}
+    row: dict[str, object] = {"tile_id": ref.tile_id, "split": ref.split}
+    row.update(height=raw.shape[1], width=raw.shape[2], **tile_flags(raw, mask))
     if quality:
         row.update(quality_flags(raw, mask))
     return row
