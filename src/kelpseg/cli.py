@@ -51,6 +51,32 @@ def _config(config: str | None, overrides: list[str] | None, strict: bool = Fals
     return cfg
 
 
+def _stage_config(
+    config: str | None,
+    overrides: list[str] | None,
+    out: Path,
+    strict: bool = False,
+    **flags: object,
+):
+    """The config of a stage command in work folder ``out``: ``flags`` (``groups.threshold``
+    = value, None when not given) and the stage flags an earlier command remembered there."""
+    from kelpseg.data.tables import remembered_flags
+
+    cfg = _config(config, overrides, strict)
+    given = {k.replace("__", "."): v for k, v in flags.items() if v is not None}
+    try:
+        for key, value in given.items():
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+    except ValueError as err:
+        typer.secho(f"config error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from err
+    explicit = [o.split("=", 1)[0].strip() for o in overrides or []]
+    for note in remembered_flags(out, cfg, given, explicit):
+        typer.echo(note, err=True)
+    return cfg
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg="red", err=True)
     raise typer.Exit(1) from err
@@ -86,7 +112,7 @@ def stats(
     from kelpseg.data.quality import flag_summary
     from kelpseg.pipeline import run_stats
 
-    cfg = _config(config, set_, strict)
+    cfg = _stage_config(config, set_, out, strict)
     try:
         _, table = run_stats(data, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
@@ -113,11 +139,9 @@ def groups(
     from kelpseg.data.groups import capped_groups
     from kelpseg.pipeline import find_tiles, require_train, run_groups, run_stats
 
-    cfg = _config(config, set_)
-    if threshold is not None:
-        cfg.groups.threshold = threshold
-    if max_group_size is not None:
-        cfg.groups.max_group_size = max_group_size
+    cfg = _stage_config(
+        config, set_, out, groups__threshold=threshold, groups__max_group_size=max_group_size
+    )
     try:
         refs, table = run_stats(data, cfg, out, find_tiles(data, need_train=True))
         require_train(table, data)
@@ -139,9 +163,7 @@ def split(
     """Stratified grouped K-fold over AOIs -> splits.csv. (kelpseg.data.splits)"""
     from kelpseg.pipeline import prepare
 
-    cfg = _config(config, set_)
-    if folds is not None:
-        cfg.split.folds = folds
+    cfg = _stage_config(config, set_, out, split__folds=folds)
     try:
         prep = prepare(data, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
@@ -163,7 +185,7 @@ def train(
     """Train the configured fold(s); checkpoints in OUT/fold*/, runs in MLflow. (kelpseg.train.fit)"""
     from kelpseg.pipeline import prepare, run_training
 
-    cfg = _config(config, set_, strict)
+    cfg = _stage_config(config, set_, out, strict)
     cfg.train.resume = cfg.train.resume or resume
     try:
         prep = prepare(data, cfg, out)
@@ -247,7 +269,7 @@ def run(
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
 
-    cfg = _config(config, set_, strict)
+    cfg = _stage_config(config, set_, out, strict)
     cfg.train.resume = cfg.train.resume or resume
     try:
         metrics = run_pipeline(data, cfg, out, truth)
@@ -318,7 +340,7 @@ def eda(
     """EDA report: one HTML page with stats, composites, AOI groups, folds, flagged tiles. (kelpseg.eda)"""
     from kelpseg.eda import build_report
 
-    cfg = _config(config, set_)
+    cfg = _stage_config(config, set_, work or out)
     try:
         page = build_report(data, out, cfg, work=work, samples=samples)
     except (NothingValidError, FileNotFoundError, ValueError) as err:

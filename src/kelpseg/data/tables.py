@@ -131,3 +131,46 @@ def fold_config_changes(saved: dict[str, Any], cfg: Config) -> str:
     old = {k: v for k, v in old.items() if k not in skip and not k.startswith("predict.")}
     new = {k: v for k, v in new.items() if k not in skip and not k.startswith("predict.")}
     return diff_keys(old, new) if old != new else ""
+
+
+# Settings given to a stage command by its own flags (``groups --threshold``, ``split
+# --folds``) are remembered in the work folder, so that the next stage run there (``split``,
+# ``train``, ``run``) uses the tables they made instead of rebuilding them with the defaults.
+STAGE_FLAGS = ("groups.threshold", "groups.max_group_size", "split.folds")
+
+
+def remembered_flags(
+    out: Path, cfg: Config, given: dict[str, Any], explicit: Iterable[str]
+) -> list[str]:
+    """Apply the stage flags remembered in ``out`` to ``cfg``; remember the ones ``given``.
+
+    Args:
+        out: Work folder.
+        cfg: The command's config; changed in place.
+        given: Stage flags this command sets (``{"groups.threshold": 0.2}``); remembered.
+        explicit: Keys this command sets with ``--set``: they win and are remembered too.
+
+    Returns:
+        One note per remembered flag applied.
+    """
+    side = _sidecar(out)
+    memory: dict[str, Any] = side.get("flags", {})
+    explicit = set(explicit)
+    notes = []
+    for key, value in memory.items():
+        if key in given or key in explicit or key not in STAGE_FLAGS:
+            continue
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) != value:
+            setattr(getattr(cfg, section), name, value)
+            notes.append(f"using {key}={value} remembered in {out} (override with --set {key}=...)")
+    new = dict(memory)
+    new.update(given)
+    for key in explicit & set(STAGE_FLAGS):
+        section, name = key.split(".")
+        new[key] = getattr(getattr(cfg, section), name)
+    if new != memory:
+        side["flags"] = new
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / SIDECAR, json.dumps(side, indent=2, default=str))
+    return notes
