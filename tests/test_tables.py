@@ -167,3 +167,23 @@ def test_any_tile_size_trains(tmp_path: Path) -> None:
     row = packed.row([small])[0]
     assert (packed.images[row, :, 48:, :] == -32768).all()  # padding is missing data
     assert (packed.masks[row, 48:, :] == 0).all()
+
+
+def test_one_read_feeds_stats_and_the_training_cache(synth_data, tmp_path: Path) -> None:
+    from kelpseg.data.cache import build_cache
+    from kelpseg.data.groups import dem_shifts
+
+    cfg = load_config("tiny")
+    prep = prepare(synth_data.root, cfg, tmp_path / "one", pack=True)
+    ids = prep.train["tile_id"].tolist()
+    refs = [prep.refs[t] for t in ids]
+    shifts = dict(zip(ids, dem_shifts(prep.stats, ids), strict=True))
+    assert any(s != (0, 0) for s in shifts.values())  # the DEM-shift correction is exercised
+    packed_file = tmp_path / "one/cache/images.npy"
+    before = packed_file.stat().st_mtime_ns
+    fused = build_cache(refs, tmp_path / "one/cache", 64, shifts)
+    assert packed_file.stat().st_mtime_ns == before  # reused, not read again
+    plain = build_cache(refs, tmp_path / "two/cache", 64, shifts)
+    rows_f, rows_p = fused.row(ids), plain.row(ids)
+    assert np.array_equal(np.asarray(fused.images[rows_f]), np.asarray(plain.images[rows_p]))
+    assert np.array_equal(np.asarray(fused.masks[rows_f]), np.asarray(plain.masks[rows_p]))

@@ -188,7 +188,7 @@ def train(
     cfg = _stage_config(config, set_, out, strict)
     cfg.train.resume = cfg.train.resume or resume
     try:
-        prep = prepare(data, cfg, out)
+        prep = prepare(data, cfg, out, pack=True)
         results = run_training(prep, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)

@@ -93,8 +93,12 @@ def run_stats(
     refs: dict[str, TileRef] | None = None,
     *,
     reuse: bool = True,
+    pack: bool = False,
 ) -> tuple[dict[str, TileRef], pd.DataFrame]:
     """Validate every tile, write ``tile_stats.csv`` and ``band_stats.json`` (or reuse them).
+
+    With ``pack`` (and a fixed ``data.tile_size``) the same read of each training tile also
+    fills the training cache ``out/cache``, so training does not read the tiles again.
 
     Returns the discovered tiles and the table of the valid ones, with ``excluded`` marking
     the training tiles ``data.exclude`` leaves out of training.
@@ -113,8 +117,23 @@ def run_stats(
             if cfg.data.strict:
                 raise NothingValidError(f"stats: {len(skipped)} bad file(s) and --strict")
         return refs, _read_csv(out / "tile_stats.csv")
-    result = compute_stats(list(refs.values()), size=cfg.data.tile_size)
-    _size_hint(result.report, cfg.data.tile_size)
+    size = cfg.data.tile_size
+    target = None
+    if pack and size is not None:
+        from kelpseg.data.cache import start_pack
+
+        train_ids = [t for t, r in refs.items() if r.split == "train" and r.mask is not None]
+        target = start_pack(out / "cache", train_ids, (size, size))
+    result = compute_stats(
+        list(refs.values()), size=size, pack=target, pack_dem_shift=cfg.data.correct_dem_shift
+    )
+    _size_hint(result.report, size)
+    if target is not None:
+        from kelpseg.data.cache import finish_pack
+
+        ids = result.tiles.loc[result.tiles["split"] == "train", "tile_id"].tolist()
+        shifts = dem_shifts(result.tiles, ids) if cfg.data.correct_dem_shift else []
+        finish_pack(target, [refs[t] for t in ids], dict(zip(ids, shifts, strict=False)))
     result.tiles = mark_excluded(result.tiles, cfg.data.exclude)
     write_stats(result, out)
     result.report.finish(strict=cfg.data.strict)
@@ -188,6 +207,7 @@ def prepare(
     refs: dict[str, TileRef] | None = None,
     *,
     reuse: bool = True,
+    pack: bool = False,
 ) -> Prepared:
     """Stats, groups and split, reusing (with ``reuse``) each table in ``out`` that matches.
 
@@ -195,7 +215,7 @@ def prepare(
     was made from (:mod:`kelpseg.data.tables`); otherwise it is recomputed and the reason said.
     """
     refs = refs if refs is not None else find_tiles(data, need_train=True)
-    refs, stats = run_stats(data, cfg, out, refs, reuse=reuse)
+    refs, stats = run_stats(data, cfg, out, refs, reuse=reuse, pack=pack)
     require_train(stats, data)
     groups = run_groups(refs, stats, cfg, out, reuse=reuse)
     train = run_split(refs, stats, groups, cfg, out, reuse=reuse)
@@ -292,7 +312,7 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
-    prep = prepare(data, cfg, out)
+    prep = prepare(data, cfg, out, pack=True)
     _all_test_tiles_valid(prep)
     results = run_training(prep, cfg, out)
     t_train = time.perf_counter()

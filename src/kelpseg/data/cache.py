@@ -47,6 +47,67 @@ def _fingerprint(
     return h.hexdigest()
 
 
+@dataclass(frozen=True)
+class PackTarget:
+    """Cache arrays that another pass over the tiles (``kelpseg stats``) fills row by row."""
+
+    folder: Path
+    rows: dict[str, int]  # tile id -> row
+    shape: tuple[int, int]
+
+    def put(self, tile_id: str, raw: np.ndarray, mask: np.ndarray, shift: tuple[int, int]) -> None:
+        """Write one tile (its DEM shift undone) into its row; safe from worker processes."""
+        row = self.rows.get(tile_id)
+        if row is None or raw.shape[1:] != self.shape:
+            return
+        images = np.load(self.folder / "images.npy", mmap_mode="r+")
+        masks = np.load(self.folder / "masks.npy", mmap_mode="r+")
+        images[row] = _shifted(raw, shift)
+        masks[row] = mask
+        images.flush()
+        masks.flush()
+
+
+def _shifted(raw: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
+    from kelpseg.data.quality import shift_dem
+
+    if tuple(shift) != (0, 0):
+        raw = raw.copy()
+        raw[DEM_INDEX] = shift_dem(raw[DEM_INDEX], *shift)
+    return raw
+
+
+def start_pack(folder: Path, tile_ids: list[str], shape: tuple[int, int]) -> PackTarget:
+    """Empty cache arrays for ``tile_ids``, to be filled by :meth:`PackTarget.put`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").unlink(missing_ok=True)
+    n = len(tile_ids)
+    open_memmap(folder / "images.npy", mode="w+", dtype=np.int16, shape=(n, 7, *shape)).flush()
+    open_memmap(folder / "masks.npy", mode="w+", dtype=np.uint8, shape=(n, *shape)).flush()
+    return PackTarget(folder, {t: i for i, t in enumerate(tile_ids)}, shape)
+
+
+def finish_pack(
+    target: PackTarget, refs: list[TileRef], dem_shifts: dict[str, tuple[int, int]]
+) -> bool:
+    """Seal a cache filled by a stats pass, so :func:`build_cache` reuses it.
+
+    ``refs`` are the tiles the pass read successfully; unless they are every row (in order),
+    nothing is sealed and :func:`build_cache` packs the tiles itself. Returns whether sealed.
+    """
+    ids = [r.tile_id for r in refs]
+    if ids != list(target.rows):
+        return False
+    shifts = {t: s for t, s in dem_shifts.items() if s != (0, 0)}
+    key = _fingerprint(refs, shifts, target.shape)
+    atomic_write_text(target.folder / "tile_ids.txt", "\n".join(ids) + "\n")
+    atomic_write_text(
+        target.folder / "manifest.json",
+        json.dumps({"key": key, "n": len(ids), "shape": list(target.shape)}),
+    )
+    return True
+
+
 def open_cache(folder: Path) -> PackedTiles:
     """Open an existing cache read-only."""
     ids = (folder / "tile_ids.txt").read_text().split()
@@ -72,7 +133,6 @@ def build_cache(
         dem_shifts: Detected DEM shifts ``(dx, dy)`` by tile id, undone while packing
             (``data.correct_dem_shift``), so the network sees the DEM where the image is.
     """
-    from kelpseg.data.quality import shift_dem
     from kelpseg.data.stats import iter_tiles
 
     shifts = {t: s for t, s in (dem_shifts or {}).items() if s != (0, 0)}
@@ -91,8 +151,7 @@ def build_cache(
     ids = []
     check = size if isinstance(size, int) else None
     for i, (ref, raw, mask) in enumerate(iter_tiles(refs, check, report, desc="cache")):
-        if ref.tile_id in shifts:
-            raw[DEM_INDEX] = shift_dem(raw[DEM_INDEX], *shifts[ref.tile_id])
+        raw = _shifted(raw, shifts.get(ref.tile_id, (0, 0)))
         h, w = raw.shape[1:]
         if (h, w) != shape:
             if h > shape[0] or w > shape[1]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from kelpseg.data.cache import PackTarget
 from kelpseg.data.quality import quality_flags
 from kelpseg.io import BAND_NAMES, NODATA, BatchReport, TileError, TileRef, read_mask, read_tile
 from kelpseg.io.raster import atomic_write_text
@@ -193,6 +194,8 @@ class _Job:
     sample: int
     water_only: bool
     quality: bool
+    pack: PackTarget | None = None
+    pack_dem_shift: bool = True
 
 
 _Done = tuple[dict[str, object] | None, BandSums | None, BandSums | None, tuple[str, str] | None]
@@ -206,6 +209,13 @@ def _measure(job: _Job) -> _Done:
         return None, None, None, (str(err.path), err.problem)
     rng = np.random.default_rng([job.seed, job.index])
     row = tile_row(job.ref, raw, mask, job.quality)
+    if job.pack is not None and mask is not None:  # one read feeds the training cache too
+        from kelpseg.data.groups import dem_shifts
+
+        shift = (0, 0)
+        if job.pack_dem_shift:
+            shift = dem_shifts(pd.DataFrame([row]), [job.ref.tile_id])[0]
+        job.pack.put(job.ref.tile_id, raw, mask, shift)
     sums_all = BandSums.of(raw, rng, job.sample)
     sums_water = None
     if job.water_only:
@@ -240,6 +250,8 @@ def compute_stats(
     water_only: bool = True,
     quality: bool = True,
     workers: int | None = None,
+    pack: PackTarget | None = None,
+    pack_dem_shift: bool = True,
 ) -> StatsResult:
     """Per-tile flags and per-band statistics over all valid (and water-only) pixels.
 
@@ -251,10 +263,16 @@ def compute_stats(
         water_only: Also compute band stats over water pixels (DEM <= 0 or missing).
         quality: Add the data-problem columns (suspect masks, DEM shift, striping, ...).
         workers: Processes reading and measuring tiles; None picks :func:`default_workers`.
+        pack: Training-cache arrays to fill with each tile of ``pack.rows`` as it is read
+            (with ``pack_dem_shift`` its detected DEM shift undone), so the cache needs no
+            second read of the tiles.
     """
     report = BatchReport("stats")
     sample = int(np.clip(QUANTILE_TOTAL // max(len(refs), 1), 256, QUANTILE_SAMPLE))
-    jobs = [_Job(r, i, size, seed, sample, water_only, quality) for i, r in enumerate(refs)]
+    jobs = [
+        _Job(r, i, size, seed, sample, water_only, quality, pack, pack_dem_shift)
+        for i, r in enumerate(refs)
+    ]
     n_workers = default_workers(len(refs)) if workers is None else workers
     sums_all, sums_water = BandSums(), BandSums()
     rows = []
