@@ -128,7 +128,7 @@ def run_stats(
         list(refs.values()), size=size, pack=target, pack_dem_shift=cfg.data.correct_dem_shift
     )
     _size_hint(result.report, size)
-    if target is not None:
+    if target is not None and len(result.tiles):
         from kelpseg.data.cache import finish_pack
 
         ids = result.tiles.loc[result.tiles["split"] == "train", "tile_id"].tolist()
