@@ -188,3 +188,19 @@ def test_one_read_feeds_stats_and_the_training_cache(synth_data, tmp_path: Path)
     rows_f, rows_p = fused.row(ids), plain.row(ids)
     assert np.array_equal(np.asarray(fused.images[rows_f]), np.asarray(plain.images[rows_p]))
     assert np.array_equal(np.asarray(fused.masks[rows_f]), np.asarray(plain.masks[rows_p]))
+
+
+def test_stats_warns_about_a_tile_in_another_band_order(synth_data, tmp_path: Path) -> None:
+    pytest.importorskip("kelpseg.io.plausibility")  # comes with the predict branch
+    from kelpseg.io import read_tile, write_raster
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data.root, data)
+    tile = sorted((data / "train_satellite").glob("*_satellite.tif"))[0]
+    raw = read_tile(tile)
+    raw[:5] = raw[:5][::-1].copy()  # Blue, Green, Red, NIR, SWIR1 (Landsat's own order)
+    write_raster(tile, raw)
+    res = runner.invoke(app, ["stats", str(data), "-o", str(tmp_path / "out"), "-c", "tiny"])
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if "warning" in line]
+    assert len(warned) == 1 and tile.name in warned[0], warned

@@ -117,7 +117,6 @@ def stats(
         _, table = run_stats(data, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
-    # TODO(lead): warn per tile with kelpseg.io.plausibility.check_band_order (branch predict)
     typer.echo(flag_summary(out / "tile_stats.csv"))
     typer.echo(f"{len(table)} usable tiles -> {out / 'tile_stats.csv'}, {out / 'band_stats.json'}")
 

@@ -108,6 +108,8 @@ def run_stats(
     inputs = input_fingerprint(refs.values())
     now = tables.stamp("stats", inputs, cfg)
     if reuse and tables.fresh(out, "stats", now):
+        for path, warning in (tables.saved_extra(out, "stats", "warnings") or {}).items():
+            print(f"[stats] warning: {path}: {warning}", file=sys.stderr)
         skipped = tables.saved_extra(out, "stats", "skipped") or []
         if skipped:
             print(
@@ -137,7 +139,8 @@ def run_stats(
     result.tiles = mark_excluded(result.tiles, cfg.data.exclude)
     write_stats(result, out)
     result.report.finish(strict=cfg.data.strict)
-    tables.record(out, "stats", now, skipped=[str(e) for e in result.report.errors])
+    skipped = [str(e) for e in result.report.errors]
+    tables.record(out, "stats", now, skipped=skipped, warnings=result.warnings)
     return refs, result.tiles
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -28,6 +29,14 @@ from kelpseg.data.quality import quality_flags
 from kelpseg.io import BAND_NAMES, NODATA, BatchReport, TileError, TileRef, read_mask, read_tile
 from kelpseg.io.raster import atomic_write_text
 from kelpseg.io.tiles import DEM_INDEX, QA_INDEX
+
+try:  # the band-order check comes with the predict branch (issue 7); absent, no warning
+    from kelpseg.io.plausibility import check_band_order
+except ImportError:  # pragma: no cover
+
+    def check_band_order(raw: np.ndarray) -> str | None:
+        return None
+
 
 ALMOST_ALL_WATER_PCT = 98.0
 HIGH_CORRUPTED_PCT = 70.0
@@ -141,6 +150,7 @@ class StatsResult:
     tiles: pd.DataFrame
     bands: dict[str, dict[str, dict[str, float]]]
     report: BatchReport
+    warnings: dict[str, str] = field(default_factory=dict)  # file -> implausible band order
 
 
 def _load(ref: TileRef, size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -198,7 +208,13 @@ class _Job:
     pack_dem_shift: bool = True
 
 
-_Done = tuple[dict[str, object] | None, BandSums | None, BandSums | None, tuple[str, str] | None]
+_Done = tuple[
+    dict[str, object] | None,
+    BandSums | None,
+    BandSums | None,
+    tuple[str, str] | None,
+    str | None,
+]
 
 
 def _measure(job: _Job) -> _Done:
@@ -206,7 +222,7 @@ def _measure(job: _Job) -> _Done:
     try:
         raw, mask = _load(job.ref, job.size)
     except TileError as err:
-        return None, None, None, (str(err.path), err.problem)
+        return None, None, None, (str(err.path), err.problem), None
     rng = np.random.default_rng([job.seed, job.index])
     row = tile_row(job.ref, raw, mask, job.quality)
     if job.pack is not None and mask is not None:  # one read feeds the training cache too
@@ -221,7 +237,7 @@ def _measure(job: _Job) -> _Done:
     if job.water_only:
         dem = raw[DEM_INDEX]
         sums_water = BandSums.of(raw, rng, job.sample, where=(dem == NODATA) | (dem <= 0))
-    return row, sums_all, sums_water, None
+    return row, sums_all, sums_water, None, check_band_order(raw)
 
 
 def _run(jobs: list[_Job], workers: int) -> Iterator[_Done]:
@@ -276,11 +292,15 @@ def compute_stats(
     n_workers = default_workers(len(refs)) if workers is None else workers
     sums_all, sums_water = BandSums(), BandSums()
     rows = []
+    warnings: dict[str, str] = {}
     done = tqdm(_run(jobs, n_workers), total=len(jobs), desc="stats", leave=False)
-    for row, part_all, part_water, error in done:
+    for job, (row, part_all, part_water, error, warning) in zip(jobs, done, strict=True):
         if error is not None:
             report.add(TileError(*error))
             continue
+        if warning:
+            warnings[str(job.ref.image)] = warning
+            print(f"[stats] warning: {job.ref.image}: {warning}", file=sys.stderr)
         report.ok += 1
         rows.append(row)
         sums_all.merge(part_all)
@@ -289,7 +309,7 @@ def compute_stats(
     bands = {"all": sums_all.result()}
     if water_only:
         bands["water"] = sums_water.result()
-    return StatsResult(pd.DataFrame(rows), bands, report)
+    return StatsResult(pd.DataFrame(rows), bands, report, warnings)
 
 
 def mark_excluded(tiles: pd.DataFrame, flags: list[str]) -> pd.DataFrame:
