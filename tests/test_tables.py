@@ -204,3 +204,18 @@ def test_stats_warns_about_a_tile_in_another_band_order(synth_data, tmp_path: Pa
     assert res.exit_code == 0, res.output
     warned = [line for line in res.output.splitlines() if "warning" in line]
     assert len(warned) == 1 and tile.name in warned[0], warned
+
+
+def test_prepare_discovers_the_tiles_once(synth_data, tmp_path: Path) -> None:
+    import kelpseg.pipeline as pipeline
+
+    calls = []
+    real = pipeline.discover
+
+    def counting(root):
+        calls.append(root)
+        return real(root)
+
+    with mock.patch.object(pipeline, "discover", counting):
+        prepare(synth_data.root, load_config("tiny"), tmp_path)
+    assert len(calls) == 1

@@ -62,10 +62,8 @@ class PackTarget:
             return
         images = np.load(self.folder / "images.npy", mmap_mode="r+")
         masks = np.load(self.folder / "masks.npy", mmap_mode="r+")
-        images[row] = _shifted(raw, shift)
+        images[row] = _shifted(raw, shift)  # a shared mapping: no flush (msync) per tile
         masks[row] = mask
-        images.flush()
-        masks.flush()
 
 
 def _shifted(raw: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
