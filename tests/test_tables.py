@@ -219,3 +219,30 @@ def test_prepare_discovers_the_tiles_once(synth_data, tmp_path: Path) -> None:
     with mock.patch.object(pipeline, "discover", counting):
         prepare(synth_data.root, load_config("tiny"), tmp_path)
     assert len(calls) == 1
+
+
+def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path) -> None:
+    """A test tile the predictor skipped stops ``run`` (naming it) before any score."""
+    from types import SimpleNamespace
+
+    import kelpseg.infer.predict as predict
+    import kelpseg.pipeline as pipeline
+    from kelpseg.io import BatchReport
+    from kelpseg.io.errors import NothingValidError
+
+    def predict_tiles(model, items, out, **kw):
+        return SimpleNamespace(
+            report=BatchReport("predict", ok=len(items) - 1),
+            masks={t: out / f"{t}_kelp.tif" for t, _ in items[1:]},
+        )
+
+    fold = SimpleNamespace(fold=0, val_dice=0.5, checkpoint=Path("x.ckpt"), run_id="r", metrics={})
+    test_ids = sorted(r.tile_id for r in pipeline.discover(synth_data.root) if r.split == "test")
+    with (
+        mock.patch.object(pipeline, "run_training", lambda *a: [fold]),
+        mock.patch.object(predict, "load_model", lambda *a: None),
+        mock.patch.object(predict, "predict_tiles", predict_tiles),
+        pytest.raises(NothingValidError, match=f"1 test tile.*no prediction.*{test_ids[0]}"),
+    ):
+        pipeline.run_pipeline(synth_data.root, load_config("tiny"), tmp_path, synth_data.test_masks)
+    assert not (tmp_path / "metrics.json").exists()
