@@ -246,3 +246,22 @@ def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path
     ):
         pipeline.run_pipeline(synth_data.root, load_config("tiny"), tmp_path, synth_data.test_masks)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_resume_of_an_unfinished_fold_with_a_changed_config_refuses(tmp_path: Path) -> None:
+    """The config an interrupted fold began with is read from its last.ckpt."""
+    import torch
+
+    from kelpseg.train.fit import train_fold
+
+    began = load_config("tiny")
+    (tmp_path / "fold0").mkdir()
+    torch.save(
+        {"hyper_parameters": {"config": began.model_dump(mode="json")}},
+        tmp_path / "fold0/last.ckpt",
+    )
+    tiles = pd.DataFrame({"tile_id": ["a", "b"], "fold": [0, 1]})
+    cfg = load_config("tiny", ["train.resume=true", "train.lr=0.01"])
+    with pytest.raises(ValueError, match=r"fold 0 .* another config \(train.lr 0.0003 -> 0.01\)"):
+        train_fold(cfg, tiles, mock.MagicMock(), 0, tmp_path)
+    assert (tmp_path / "fold0/last.ckpt").is_file()  # nothing of the old run removed
