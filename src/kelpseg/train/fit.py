@@ -172,12 +172,17 @@ def _same_config(saved: Path, cfg: Config, fold: int) -> None:
 
     from kelpseg.data.tables import fold_config_changes
 
-    if saved.suffix == ".ckpt":
-        state = torch.load(saved, map_location="cpu", weights_only=False, mmap=True)
-        old = state.get("hyper_parameters", {}).get("config")
-    else:
-        old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
-    changes = "no saved config" if old is None else fold_config_changes(old, cfg)
+    try:
+        if saved.suffix == ".ckpt":
+            state = torch.load(saved, map_location="cpu", weights_only=False, mmap=True)
+            old = state.get("hyper_parameters", {}).get("config")
+        else:
+            old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    except Exception:  # a damaged file: say so below, no traceback
+        old = None
+    changes = (
+        f"{saved.name} holds no readable config" if old is None else fold_config_changes(old, cfg)
+    )
     if changes:
         raise ValueError(
             f"--resume: fold {fold} in {saved.parent} was trained with another config "
