@@ -7,6 +7,13 @@ from pathlib import Path
 import pytest
 
 SIZE = 64
+# the end-to-end run's overrides of `tiny`: enough steps for the network to learn
+RUN_SETS = [
+    "train.max_epochs=2",
+    "train.samples_per_epoch=256",
+    "train.batch_size=16",
+    "train.lr=3e-3",
+]
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +32,7 @@ def run_out(synth_data, tmp_path_factory: pytest.TempPathFactory):
     from kelpseg.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config("tiny", ["train.max_epochs=2"])
+    cfg = load_config("tiny", RUN_SETS)
     metrics = run_pipeline(synth_data.root, cfg, out, synth_data.test_masks)
     return out, metrics
 

@@ -123,3 +123,50 @@ def test_config_override_reaches_the_config() -> None:
     cfg = yaml.safe_load(result.stdout)
     assert cfg["train"]["max_epochs"] == 7
     assert cfg["features"]["indices"] == ["ATSAVI"]  # replaced, not merged with the defaults
+
+
+STAGES = ["stats", "groups", "split", "train", "run", "eda"]
+
+
+@pytest.mark.parametrize("command", STAGES)
+@pytest.mark.parametrize("kind", ["empty", "no_tiles", "missing"])
+def test_stage_on_a_folder_without_tiles_says_so(command: str, kind: str, tmp_path: Path) -> None:
+    data = tmp_path / "indata"
+    if kind != "missing":
+        data.mkdir()
+    if kind == "no_tiles":
+        (data / "train_kelp").mkdir()
+        (data / "notes.txt").write_text("no tiles here")
+        write_raster(data / "train_kelp/A1_kelp.tif", np.zeros((64, 64), np.uint8))
+    result = runner.invoke(app, [command, str(data), "-o", str(tmp_path / "out"), "-c", "tiny"])
+    assert result.exit_code != 0, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert str(data) in line, result.output
+    expected = "not found" if kind == "missing" else "no *_satellite.tif tiles"
+    assert expected in line, result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", ["groups", "split", "train", "run"])
+def test_stage_needing_training_tiles_says_so(command: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    img, _ = make_tile(rng)
+    write_raster(tmp_path / "d/test_satellite/T1_satellite.tif", img)
+    result = runner.invoke(app, [command, str(tmp_path / "d"), "-o", str(tmp_path / "o")])
+    assert result.exit_code != 0
+    assert "no training tiles" in result.output.strip().splitlines()[-1], result.output
+
+
+def test_run_fails_when_a_test_tile_cannot_be_predicted(synth_data, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_data.root, data)
+    broken = sorted((data / "test_satellite").glob("*_satellite.tif"))[0]
+    broken.write_bytes(broken.read_bytes()[:2000])  # truncated
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(data), "-o", str(out), "-c", "tiny"])
+    assert result.exit_code == 1, result.output
+    line = result.output.strip().splitlines()[-1]
+    assert "no prediction" in line and broken.name.removesuffix("_satellite.tif") in line
+    assert not (out / "metrics.json").exists()  # no score that silently skipped a tile

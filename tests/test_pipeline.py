@@ -92,8 +92,10 @@ def test_run_writes_masks_and_metrics(run_out, synth_data) -> None:
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test_tiles"] == synth_data.n_test
     assert 0.0 <= saved["val_dice"] <= 1.0
-    assert 0.0 <= saved["test"]["dice"] <= 1.0 and saved["test"]["tiles"] == synth_data.n_test
-    assert "threshold" in saved["ndvi_rule"] and "test_dice" in saved["ndvi_rule"]
+    assert saved["test"]["tiles"] == synth_data.n_test
+    # the network must beat the NDVI rule fitted on the same training tiles (an all-zero or
+    # untrained model does not): measured 0.53 vs 0.37 on this set
+    assert saved["test"]["dice"] >= saved["ndvi_rule"]["test_dice"] + 0.05, saved
     preds = sorted((out / "predictions").glob("*_kelp.tif"))
     assert len(preds) == synth_data.n_test
     m = read_mask(preds[0], allow_nodata=True)  # validates 1 band, 0/1 (255 where input missing)

@@ -151,7 +151,9 @@ def test_exclude_leaves_flagged_training_tiles_out(synth_data, tmp_path) -> None
     expected = flagged & (table["split"] == "train")
     assert expected.any()
     assert (table["excluded"] == expected).all()
-    assert set(usable["tile_id"]) == set(table.loc[~expected, "tile_id"])
+    # excluded from training only: they stay in the table the later stages use (validation)
+    assert set(usable["tile_id"]) == set(table["tile_id"])
+    assert (usable.set_index("tile_id")["excluded"] == expected.set_axis(table["tile_id"])).all()
     with pytest.raises(ConfigError, match="unknown tile flag"):
         load_config(None, ["data.exclude=[cloudy]"])
     assert "mask_suspect" in q.flag_summary(table)

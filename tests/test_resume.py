@@ -76,9 +76,10 @@ def test_sigkilled_run_resumes_to_the_same_result(synth_data, tmp_path: Path) ->
 def test_resume_skips_finished_folds(synth_data, trained) -> None:
     from kelpseg.config import load_config
     from kelpseg.pipeline import prepare, run_training
+    from tests.conftest import RUN_SETS
 
-    cfg = load_config("tiny", ["train.max_epochs=2", "train.resume=true"])
-    prep = prepare(synth_data.root, cfg, trained.out, reuse=True)
+    cfg = load_config("tiny", [*RUN_SETS, "train.resume=true"])
+    prep = prepare(synth_data.root, cfg, trained.out)
     before = trained.checkpoint.stat().st_mtime_ns
     (result,) = run_training(prep, cfg, trained.out)
     assert (

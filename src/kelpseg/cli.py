@@ -76,6 +76,32 @@ def _config(
     return cfg
 
 
+def _stage_config(
+    config: str | None,
+    overrides: list[str] | None,
+    out: Path,
+    strict: bool = False,
+    **flags: object,
+):
+    """The config of a stage command in work folder ``out``: ``flags`` (``groups.threshold``
+    = value, None when not given) and the stage flags an earlier command remembered there."""
+    from kelpseg.data.tables import remembered_flags
+
+    cfg = _config(config, overrides, strict)
+    given = {k.replace("__", "."): v for k, v in flags.items() if v is not None}
+    try:
+        for key, value in given.items():
+            section, name = key.split(".")
+            setattr(getattr(cfg, section), name, value)
+    except ValueError as err:
+        typer.secho(f"config error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from err
+    explicit = [o.split("=", 1)[0].strip() for o in overrides or []]
+    for note in remembered_flags(out, cfg, given, explicit):
+        typer.echo(note, err=True)
+    return cfg
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg="red", err=True)
     raise typer.Exit(1) from err
@@ -121,10 +147,10 @@ def stats(
     from kelpseg.data.quality import flag_summary
     from kelpseg.pipeline import run_stats
 
-    cfg = _config(config, set_, strict)
+    cfg = _stage_config(config, set_, out, strict)
     try:
         _, table = run_stats(data, cfg, out)
-    except (NothingValidError, FileNotFoundError) as err:
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
     typer.echo(flag_summary(out / "tile_stats.csv"))
     typer.echo(f"{len(table)} usable tiles -> {out / 'tile_stats.csv'}, {out / 'band_stats.json'}")
@@ -145,20 +171,16 @@ def groups(
 ) -> None:
     """AOI groups of the training tiles from DEM embeddings -> groups.csv. (kelpseg.data.groups)"""
     from kelpseg.data.groups import capped_groups
-    from kelpseg.pipeline import run_groups, run_stats
+    from kelpseg.pipeline import find_tiles, require_train, run_groups, run_stats
 
-    cfg = _config(config, set_)
-    if threshold is not None:
-        cfg.groups.threshold = threshold
-    if max_group_size is not None:
-        cfg.groups.max_group_size = max_group_size
+    cfg = _stage_config(
+        config, set_, out, groups__threshold=threshold, groups__max_group_size=max_group_size
+    )
     try:
-        refs, table = run_stats(data, cfg, out)
-    except (NothingValidError, FileNotFoundError) as err:
-        _fail(err)
-    try:
+        refs, table = run_stats(data, cfg, out, find_tiles(data, need_train=True))
+        require_train(table, data)
         g = run_groups(refs, table, cfg, out)
-    except (ValueError, FileNotFoundError) as err:
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
     capped = f", {capped_groups(g)} split by max_group_size" if cfg.groups.max_group_size else ""
     typer.echo(f"{len(g)} tiles in {g['aoi'].nunique()} AOI groups{capped} -> {out / 'groups.csv'}")
@@ -175,9 +197,7 @@ def split(
     """Stratified grouped K-fold over AOIs -> splits.csv. (kelpseg.data.splits)"""
     from kelpseg.pipeline import prepare
 
-    cfg = _config(config, set_)
-    if folds is not None:
-        cfg.split.folds = folds
+    cfg = _stage_config(config, set_, out, split__folds=folds)
     try:
         prep = prepare(data, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
@@ -199,10 +219,10 @@ def train(
     """Train the configured fold(s); checkpoints in OUT/fold*/, runs in MLflow. (kelpseg.train.fit)"""
     from kelpseg.pipeline import prepare, run_training
 
-    cfg = _config(config, set_, strict)
+    cfg = _stage_config(config, set_, out, strict)
     cfg.train.resume = cfg.train.resume or resume
     try:
-        prep = prepare(data, cfg, out, reuse=True)
+        prep = prepare(data, cfg, out, pack=True)
         results = run_training(prep, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
@@ -313,7 +333,7 @@ def run(
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
 
-    cfg = _config(config, set_, strict)
+    cfg = _stage_config(config, set_, out, strict)
     cfg.train.resume = cfg.train.resume or resume
     try:
         metrics = run_pipeline(data, cfg, out, truth)
@@ -384,7 +404,7 @@ def eda(
     """EDA report: one HTML page with stats, composites, AOI groups, folds, flagged tiles. (kelpseg.eda)"""
     from kelpseg.eda import build_report
 
-    cfg = _config(config, set_)
+    cfg = _stage_config(config, set_, work or out)
     try:
         page = build_report(data, out, cfg, work=work, samples=samples)
     except (NothingValidError, FileNotFoundError, ValueError) as err:

@@ -7,6 +7,8 @@ Each step writes its table into the output folder, so the stage commands (``stat
 from __future__ import annotations
 
 import json
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,16 +17,24 @@ import numpy as np
 import pandas as pd
 
 from kelpseg.config import Config, dump_config
+from kelpseg.data import tables
 from kelpseg.data.groups import TimmSpec, compute_groups, dem_shifts
 from kelpseg.data.splits import make_folds
 from kelpseg.data.stats import compute_stats, mark_excluded, write_stats
-from kelpseg.io import TileRef, discover
+from kelpseg.data.tables import input_fingerprint
+from kelpseg.io import BatchReport, TileRef, discover
+from kelpseg.io.discover import SAT_SUFFIX
+from kelpseg.io.errors import NothingValidError
 from kelpseg.io.raster import atomic_write_text
 
 
 @dataclass
 class Prepared:
-    """Discovered tiles and the training table (stats + AOI + fold) of the valid ones."""
+    """Discovered tiles and the training table (stats + AOI + fold) of the valid ones.
+
+    ``train`` holds every valid training tile, those ``data.exclude`` flags included
+    (``excluded`` is True): they stay in the validation folds and only training skips them.
+    """
 
     refs: dict[str, TileRef]
     stats: pd.DataFrame
@@ -35,24 +45,124 @@ class Prepared:
         return [(t, self.refs[t].image) for t in ids]
 
 
-def run_stats(data: Path, cfg: Config, out: Path) -> tuple[dict[str, TileRef], pd.DataFrame]:
-    """Validate every tile, write ``tile_stats.csv`` and ``band_stats.json``.
-
-    Returns the discovered tiles and the table of the usable ones: valid tiles less the
-    training tiles ``data.exclude`` leaves out (``tile_stats.csv`` keeps those, ``excluded``).
-    """
+def find_tiles(data: Path, *, need_train: bool = False) -> dict[str, TileRef]:
+    """The tiles under ``data`` by id; one clear error when there is nothing to work on."""
+    data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"{data}: not found")
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: not a folder")
     refs = {r.tile_id: r for r in discover(data)}
-    result = compute_stats(list(refs.values()), size=cfg.data.tile_size)
+    if not refs:
+        raise NothingValidError(f"{data}: no *{SAT_SUFFIX} tiles found")
+    if need_train and not any(r.split == "train" for r in refs.values()):
+        raise NothingValidError(
+            f"{data}: no training tiles (*{SAT_SUFFIX} with a *_kelp.tif mask) found"
+        )
+    return refs
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"tile_id": str})
+
+
+_FOUND = re.compile(r"expected (\d+)x\d+ pixels, found (\d+x\d+)")
+
+
+def _size_hint(report: BatchReport, size: int | None) -> None:
+    """Fail with a hint when every tile was rejected only for not being ``size`` px."""
+    if report.ok or not report.errors or size is None:
+        return
+    found = [_FOUND.search(e.problem) for e in report.errors]
+    if not all(found):
+        return
+    sizes = pd.Series([m.group(2) for m in found if m]).value_counts()
+    have = ", ".join(f"{s} ({n})" for s, n in sizes.items())
+    side = sizes.index[0].split("x")[0]
+    what = f"are {sizes.index[0]}" if len(sizes) == 1 else f"have sizes {have}"
+    raise NothingValidError(
+        f"all {len(found)} tiles {what} but data.tile_size is {size}: "
+        f"set --set data.tile_size={side} (or null for any size)"
+    )
+
+
+def run_stats(
+    data: Path,
+    cfg: Config,
+    out: Path,
+    refs: dict[str, TileRef] | None = None,
+    *,
+    reuse: bool = True,
+    pack: bool = False,
+) -> tuple[dict[str, TileRef], pd.DataFrame]:
+    """Validate every tile, write ``tile_stats.csv`` and ``band_stats.json`` (or reuse them).
+
+    With ``pack`` (and a fixed ``data.tile_size``) the same read of each training tile also
+    fills the training cache ``out/cache``, so training does not read the tiles again.
+
+    Returns the discovered tiles and the table of the valid ones, with ``excluded`` marking
+    the training tiles ``data.exclude`` leaves out of training.
+    """
+    refs = refs if refs is not None else find_tiles(data)
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = input_fingerprint(refs.values())
+    now = tables.stamp("stats", inputs, cfg)
+    if reuse and tables.fresh(out, "stats", now):
+        for path, warning in (tables.saved_extra(out, "stats", "warnings") or {}).items():
+            print(f"[stats] warning: {path}: {warning}", file=sys.stderr)
+        skipped = tables.saved_extra(out, "stats", "skipped") or []
+        if skipped:
+            print(
+                f"[stats] {len(skipped)} file(s) skipped: " + "; ".join(skipped[:10]),
+                file=sys.stderr,
+            )
+            if cfg.data.strict:
+                raise NothingValidError(f"stats: {len(skipped)} bad file(s) and --strict")
+        return refs, _read_csv(out / "tile_stats.csv")
+    size = cfg.data.tile_size
+    target = None
+    if pack and size is not None:
+        from kelpseg.data.cache import start_pack
+
+        train_ids = [t for t, r in refs.items() if r.split == "train" and r.mask is not None]
+        target = start_pack(out / "cache", train_ids, (size, size))
+    result = compute_stats(
+        list(refs.values()), size=size, pack=target, pack_dem_shift=cfg.data.correct_dem_shift
+    )
+    _size_hint(result.report, size)
+    if target is not None and len(result.tiles):
+        from kelpseg.data.cache import finish_pack
+
+        ids = result.tiles.loc[result.tiles["split"] == "train", "tile_id"].tolist()
+        shifts = dem_shifts(result.tiles, ids) if cfg.data.correct_dem_shift else []
+        finish_pack(target, [refs[t] for t in ids], dict(zip(ids, shifts, strict=False)))
     result.tiles = mark_excluded(result.tiles, cfg.data.exclude)
     write_stats(result, out)
     result.report.finish(strict=cfg.data.strict)
-    return refs, result.tiles[~result.tiles["excluded"]].reset_index(drop=True)
+    skipped = [str(e) for e in result.report.errors]
+    tables.record(out, "stats", now, skipped=skipped, warnings=result.warnings)
+    return refs, result.tiles
+
+
+def require_train(stats: pd.DataFrame, data: Path) -> pd.DataFrame:
+    train = stats[stats["split"] == "train"]
+    if train.empty:
+        raise NothingValidError(f"{data}: no valid training tile left after `kelpseg stats`")
+    return train
 
 
 def run_groups(
-    refs: dict[str, TileRef], stats: pd.DataFrame, cfg: Config, out: Path
+    refs: dict[str, TileRef],
+    stats: pd.DataFrame,
+    cfg: Config,
+    out: Path,
+    *,
+    reuse: bool = True,
 ) -> pd.DataFrame:
-    """AOI groups of the valid training tiles -> ``groups.csv``."""
+    """AOI groups of the valid training tiles -> ``groups.csv`` (or reuse it)."""
+    now = tables.stamp("groups", input_fingerprint(refs.values()), cfg)
+    if reuse and tables.fresh(out, "groups", now):
+        return _read_csv(out / "groups.csv")
     ids = stats.loc[stats["split"] == "train", "tile_id"].tolist()
     g = cfg.groups
     groups = compute_groups(
@@ -66,30 +176,52 @@ def run_groups(
         shifts=dem_shifts(stats, ids) if cfg.data.correct_dem_shift else None,
     )
     atomic_write_text(out / "groups.csv", groups.to_csv(index=False))
+    tables.record(out, "groups", now)
     return groups
 
 
-def run_split(stats: pd.DataFrame, groups: pd.DataFrame, cfg: Config, out: Path) -> pd.DataFrame:
-    """Stratified grouped folds -> ``splits.csv``; returns the training table."""
-    train = stats[stats["split"] == "train"].merge(groups[["tile_id", "aoi"]], on="tile_id")
-    folds = make_folds(train, cfg.split.folds, cfg.split.seed)
-    atomic_write_text(out / "splits.csv", folds.to_csv(index=False))
-    return train.merge(folds[["tile_id", "fold"]], on="tile_id")
+def run_split(
+    refs: dict[str, TileRef],
+    stats: pd.DataFrame,
+    groups: pd.DataFrame,
+    cfg: Config,
+    out: Path,
+    *,
+    reuse: bool = True,
+) -> pd.DataFrame:
+    """Stratified grouped folds -> ``splits.csv`` (or reuse it); returns the training table."""
+    now = tables.stamp("splits", input_fingerprint(refs.values()), cfg)
+    train = stats[stats["split"] == "train"]
+    if reuse and tables.fresh(out, "splits", now):
+        folds = _read_csv(out / "splits.csv")
+    else:
+        folds = make_folds(
+            train.merge(groups[["tile_id", "aoi"]], on="tile_id"), cfg.split.folds, cfg.split.seed
+        )
+        atomic_write_text(out / "splits.csv", folds.to_csv(index=False))
+        tables.record(out, "splits", now)
+    return train.merge(folds[["tile_id", "aoi", "fold"]], on="tile_id").reset_index(drop=True)
 
 
-def prepare(data: Path, cfg: Config, out: Path, *, reuse: bool = False) -> Prepared:
-    """Stats, groups and split, reusing tables already in ``out`` when ``reuse``."""
-    out.mkdir(parents=True, exist_ok=True)
-    refs = {r.tile_id: r for r in discover(data)}
-    have = all((out / n).is_file() for n in ("tile_stats.csv", "groups.csv", "splits.csv"))
-    if reuse and have:
-        stats = pd.read_csv(out / "tile_stats.csv")
-        folds = pd.read_csv(out / "splits.csv")
-        train = stats[stats["split"] == "train"].merge(folds, on="tile_id")
-        return Prepared(refs, stats, train)
-    refs, stats = run_stats(data, cfg, out)
-    groups = run_groups(refs, stats, cfg, out)
-    train = run_split(stats, groups, cfg, out)
+def prepare(
+    data: Path,
+    cfg: Config,
+    out: Path,
+    refs: dict[str, TileRef] | None = None,
+    *,
+    reuse: bool = True,
+    pack: bool = False,
+) -> Prepared:
+    """Stats, groups and split, reusing (with ``reuse``) each table in ``out`` that matches.
+
+    A table is reused when the input files and the config sections it depends on are those it
+    was made from (:mod:`kelpseg.data.tables`); otherwise it is recomputed and the reason said.
+    """
+    refs = refs if refs is not None else find_tiles(data, need_train=True)
+    refs, stats = run_stats(data, cfg, out, refs, reuse=reuse, pack=pack)
+    require_train(stats, data)
+    groups = run_groups(refs, stats, cfg, out, reuse=reuse)
+    train = run_split(refs, stats, groups, cfg, out, reuse=reuse)
     return Prepared(refs, stats, train)
 
 
@@ -103,8 +235,22 @@ def fold_list(cfg: Config) -> list[int]:
     return chosen
 
 
+def cache_shape(train: pd.DataFrame, size: int | None) -> int | tuple[int, int]:
+    """The cache's tile shape: ``data.tile_size``, or with null the largest training tile's
+    height and width (smaller tiles are padded)."""
+    if size is not None:
+        return size
+    if {"height", "width"} - set(train.columns):
+        raise ValueError("tile_stats.csv has no height/width columns: rerun `kelpseg stats`")
+    return int(train["height"].max()), int(train["width"].max())
+
+
 def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
-    """Pack the training tiles and train the configured folds."""
+    """Pack the training tiles and train the configured folds.
+
+    Every valid training tile is packed (validation uses the ``data.exclude``d ones too);
+    training skips the rows whose ``excluded`` is True.
+    """
     from kelpseg.data.cache import build_cache
     from kelpseg.train.fit import train_fold
 
@@ -113,7 +259,8 @@ def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
     shifts = None
     if cfg.data.correct_dem_shift:
         shifts = dict(zip(ids, dem_shifts(prep.stats, ids), strict=True))
-    packed = build_cache(refs, out / "cache", cfg.data.tile_size or 350, shifts)
+    shape = cache_shape(prep.train, cfg.data.tile_size)
+    packed = build_cache(refs, out / "cache", shape, shifts)
     return [train_fold(cfg, prep.train, packed, k, out) for k in fold_list(cfg)]
 
 
@@ -127,7 +274,8 @@ def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) ->
 
     packed = open_cache(out / "cache")
     rule = NdviRule()
-    for i in range(len(packed.tile_ids)):
+    used = prep.train.loc[~prep.train["excluded"].astype(bool), "tile_id"].tolist()
+    for i in packed.row(used):
         rule.update(np.asarray(packed.images[i]), np.asarray(packed.masks[i]))
     result: dict[str, float] = {"threshold": rule.fit()}
     if truth is not None:
@@ -143,6 +291,22 @@ def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) ->
     return result
 
 
+def _no_prediction(ids: list[str], where: Path) -> str:
+    named = ", ".join(ids[:10]) + (f" and {len(ids) - 10} more" if len(ids) > 10 else "")
+    return f"{len(ids)} test tile(s) have no prediction in {where}: {named}"
+
+
+def _all_test_tiles_valid(prep: Prepared) -> None:
+    """``run`` scores every test tile: fail before training if one cannot be predicted."""
+    valid = set(prep.stats.loc[prep.stats["split"] == "test", "tile_id"])
+    bad = sorted(t for t, r in prep.refs.items() if r.split == "test" and t not in valid)
+    if bad:
+        named = ", ".join(bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise NothingValidError(
+            f"{len(bad)} test tile(s) cannot be read, so they would have no prediction: {named}"
+        )
+
+
 def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> dict:
     """The whole job; returns (and writes to ``out/metrics.json``) the metrics."""
     from kelpseg.infer.evaluate import evaluate
@@ -151,7 +315,8 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
-    prep = prepare(data, cfg, out)
+    prep = prepare(data, cfg, out, pack=True)
+    _all_test_tiles_valid(prep)
     results = run_training(prep, cfg, out)
     t_train = time.perf_counter()
     best = max(results, key=lambda r: r.val_dice)
@@ -165,6 +330,9 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
         probabilities=cfg.predict.probabilities,
     )
     pred.report.finish()
+    missing = sorted(set(t for t, _ in prep.test_items()) - set(pred.masks))
+    if missing:
+        raise NothingValidError(_no_prediction(missing, out / "predictions"))
     metrics: dict = {
         "train_tiles": len(prep.train),
         "test_tiles": len(pred.masks),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,10 +24,13 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from kelpseg.data.cache import PackTarget
 from kelpseg.data.quality import quality_flags
 from kelpseg.io import BAND_NAMES, NODATA, BatchReport, TileError, TileRef, read_mask, read_tile
 from kelpseg.io.raster import atomic_write_text
+from kelpseg.io.plausibility import check_band_order
 from kelpseg.io.tiles import DEM_INDEX, QA_INDEX
+
 
 ALMOST_ALL_WATER_PCT = 98.0
 HIGH_CORRUPTED_PCT = 70.0
@@ -140,6 +144,7 @@ class StatsResult:
     tiles: pd.DataFrame
     bands: dict[str, dict[str, dict[str, float]]]
     report: BatchReport
+    warnings: dict[str, str] = field(default_factory=dict)  # file -> implausible band order
 
 
 def _load(ref: TileRef, size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -177,7 +182,8 @@ def tile_row(
 ) -> dict[str, object]:
     """One row of ``tile_stats.csv``: id, split, the quality stats and, with ``quality``, the
     data-problem columns of :func:`kelpseg.data.quality.quality_flags`."""
-    row: dict[str, object] = {"tile_id": ref.tile_id, "split": ref.split, **tile_flags(raw, mask)}
+    row: dict[str, object] = {"tile_id": ref.tile_id, "split": ref.split}
+    row.update(height=raw.shape[1], width=raw.shape[2], **tile_flags(raw, mask))
     if quality:
         row.update(quality_flags(raw, mask))
     return row
@@ -192,9 +198,17 @@ class _Job:
     sample: int
     water_only: bool
     quality: bool
+    pack: PackTarget | None = None
+    pack_dem_shift: bool = True
 
 
-_Done = tuple[dict[str, object] | None, BandSums | None, BandSums | None, tuple[str, str] | None]
+_Done = tuple[
+    dict[str, object] | None,
+    BandSums | None,
+    BandSums | None,
+    tuple[str, str] | None,
+    str | None,
+]
 
 
 def _measure(job: _Job) -> _Done:
@@ -202,15 +216,22 @@ def _measure(job: _Job) -> _Done:
     try:
         raw, mask = _load(job.ref, job.size)
     except TileError as err:
-        return None, None, None, (str(err.path), err.problem)
+        return None, None, None, (str(err.path), err.problem), None
     rng = np.random.default_rng([job.seed, job.index])
     row = tile_row(job.ref, raw, mask, job.quality)
+    if job.pack is not None and mask is not None:  # one read feeds the training cache too
+        from kelpseg.data.groups import dem_shifts
+
+        shift = (0, 0)
+        if job.pack_dem_shift:
+            shift = dem_shifts(pd.DataFrame([row]), [job.ref.tile_id])[0]
+        job.pack.put(job.ref.tile_id, raw, mask, shift)
     sums_all = BandSums.of(raw, rng, job.sample)
     sums_water = None
     if job.water_only:
         dem = raw[DEM_INDEX]
         sums_water = BandSums.of(raw, rng, job.sample, where=(dem == NODATA) | (dem <= 0))
-    return row, sums_all, sums_water, None
+    return row, sums_all, sums_water, None, check_band_order(raw)
 
 
 def _run(jobs: list[_Job], workers: int) -> Iterator[_Done]:
@@ -239,6 +260,8 @@ def compute_stats(
     water_only: bool = True,
     quality: bool = True,
     workers: int | None = None,
+    pack: PackTarget | None = None,
+    pack_dem_shift: bool = True,
 ) -> StatsResult:
     """Per-tile flags and per-band statistics over all valid (and water-only) pixels.
 
@@ -250,18 +273,28 @@ def compute_stats(
         water_only: Also compute band stats over water pixels (DEM <= 0 or missing).
         quality: Add the data-problem columns (suspect masks, DEM shift, striping, ...).
         workers: Processes reading and measuring tiles; None picks :func:`default_workers`.
+        pack: Training-cache arrays to fill with each tile of ``pack.rows`` as it is read
+            (with ``pack_dem_shift`` its detected DEM shift undone), so the cache needs no
+            second read of the tiles.
     """
     report = BatchReport("stats")
     sample = int(np.clip(QUANTILE_TOTAL // max(len(refs), 1), 256, QUANTILE_SAMPLE))
-    jobs = [_Job(r, i, size, seed, sample, water_only, quality) for i, r in enumerate(refs)]
+    jobs = [
+        _Job(r, i, size, seed, sample, water_only, quality, pack, pack_dem_shift)
+        for i, r in enumerate(refs)
+    ]
     n_workers = default_workers(len(refs)) if workers is None else workers
     sums_all, sums_water = BandSums(), BandSums()
     rows = []
+    warnings: dict[str, str] = {}
     done = tqdm(_run(jobs, n_workers), total=len(jobs), desc="stats", leave=False)
-    for row, part_all, part_water, error in done:
+    for job, (row, part_all, part_water, error, warning) in zip(jobs, done, strict=True):
         if error is not None:
             report.add(TileError(*error))
             continue
+        if warning:
+            warnings[str(job.ref.image)] = warning
+            print(f"[stats] warning: {job.ref.image}: {warning}", file=sys.stderr)
         report.ok += 1
         rows.append(row)
         sums_all.merge(part_all)
@@ -270,7 +303,7 @@ def compute_stats(
     bands = {"all": sums_all.result()}
     if water_only:
         bands["water"] = sums_water.result()
-    return StatsResult(pd.DataFrame(rows), bands, report)
+    return StatsResult(pd.DataFrame(rows), bands, report, warnings)
 
 
 def mark_excluded(tiles: pd.DataFrame, flags: list[str]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from kelpseg.config import Config
 from kelpseg.data.groups import capped_groups
 from kelpseg.eda import plots, render
 from kelpseg.eda.select import example_groups, flagged, sample_tiles
-from kelpseg.io import TileError, TileRef, discover, read_mask, read_tile
+from kelpseg.io import TileError, TileRef, read_mask, read_tile
 from kelpseg.io.raster import atomic_write_text
 
 PAGE = "index.html"
@@ -54,16 +54,16 @@ def _read(path: Path) -> pd.DataFrame | None:
 
 def load_tables(data: Path, cfg: Config, work: Path) -> Tables:
     """Run (or reuse) stats, groups and split in ``work`` and read their tables."""
-    from kelpseg.pipeline import prepare
+    from kelpseg.pipeline import find_tiles, prepare
 
     note = ""
+    refs = find_tiles(data, need_train=True)
     try:
-        prepare(data, cfg, work, reuse=True)
+        prepare(data, cfg, work, refs)
     except ValueError as err:  # e.g. fewer AOI groups than folds: report what there is
         if not (work / "tile_stats.csv").is_file():
             raise
         note = str(err)
-    refs = {r.tile_id: r for r in discover(data)}
     tiles = _read(work / "tile_stats.csv")
     bands_path = work / "band_stats.json"
     bands = json.loads(bands_path.read_text()) if bands_path.is_file() else None

@@ -166,6 +166,30 @@ def _clear_fold(fold_dir: Path) -> None:
         (fold_dir / name).unlink(missing_ok=True)
 
 
+def _same_config(saved: Path, cfg: Config, fold: int) -> None:
+    """Refuse ``--resume`` when the fold was trained (or begun) with another config."""
+    import yaml
+
+    from kelpseg.data.tables import fold_config_changes
+
+    try:
+        if saved.suffix == ".ckpt":
+            state = torch.load(saved, map_location="cpu", weights_only=False, mmap=True)
+            old = state.get("hyper_parameters", {}).get("config")
+        else:
+            old = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+    except Exception:  # a damaged file: say so below, no traceback
+        old = None
+    changes = (
+        f"{saved.name} holds no readable config" if old is None else fold_config_changes(old, cfg)
+    )
+    if changes:
+        raise ValueError(
+            f"--resume: fold {fold} in {saved.parent} was trained with another config "
+            f"({changes}); run without --resume to retrain it, or use a new --out"
+        )
+
+
 def train_fold(
     cfg: Config, tiles: pd.DataFrame, packed: PackedTiles, fold: int, out: Path
 ) -> FoldResult:
@@ -183,8 +207,11 @@ def train_fold(
     fold_dir.mkdir(parents=True, exist_ok=True)
     last = fold_dir / "last.ckpt"
     if t.resume and (fold_dir / RESULT).is_file():
+        _same_config(fold_dir / "config.yaml", cfg, fold)
         return FoldResult.from_json((fold_dir / RESULT).read_text())
     resume_from = last if t.resume and last.is_file() else None
+    if resume_from is not None:
+        _same_config(last, cfg, fold)
     rank0 = rank_zero_only.rank == 0  # DDP launches every rank through this function
     if resume_from is None and rank0:
         _clear_fold(fold_dir)
@@ -192,7 +219,10 @@ def train_fold(
     L.seed_everything(t.seed + fold, workers=True)
     if torch.cuda.is_available() and not t.deterministic:
         torch.set_float32_matmul_precision("high")
-    train_tiles = tiles[tiles["fold"] != fold].reset_index(drop=True)
+    train_tiles = tiles[tiles["fold"] != fold]
+    if "excluded" in train_tiles:  # data.exclude: out of training, still validated
+        train_tiles = train_tiles[~train_tiles["excluded"].astype(bool)]
+    train_tiles = train_tiles.reset_index(drop=True)
     val_tiles = tiles[tiles["fold"] == fold].reset_index(drop=True)
     if train_tiles.empty or val_tiles.empty:
         raise ValueError(f"fold {fold}: {len(train_tiles)} train / {len(val_tiles)} val tiles")
