@@ -191,7 +191,6 @@ def test_one_read_feeds_stats_and_the_training_cache(synth_data, tmp_path: Path)
 
 
 def test_stats_warns_about_a_tile_in_another_band_order(synth_data, tmp_path: Path) -> None:
-    pytest.importorskip("kelpseg.io.plausibility")  # comes with the predict branch
     from kelpseg.io import read_tile, write_raster
 
     data = tmp_path / "data"

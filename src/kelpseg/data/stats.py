@@ -27,10 +27,9 @@ from tqdm.auto import tqdm
 from kelpseg.data.cache import PackTarget
 from kelpseg.data.quality import quality_flags
 from kelpseg.io import BAND_NAMES, NODATA, BatchReport, TileError, TileRef, read_mask, read_tile
-from kelpseg.io.raster import atomic_write_text
 from kelpseg.io.plausibility import check_band_order
+from kelpseg.io.raster import atomic_write_text
 from kelpseg.io.tiles import DEM_INDEX, QA_INDEX
-
 
 ALMOST_ALL_WATER_PCT = 98.0
 HIGH_CORRUPTED_PCT = 70.0
