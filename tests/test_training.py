@@ -118,6 +118,31 @@ def test_dataset_reads_whole_batches_in_sampler_order(tiny) -> None:
     assert torch.equal(mask, torch.from_numpy(packed.masks[[7, 2, 2, 9, 0]]))
 
 
+def test_datamodule_trains_without_excluded_tiles_and_validates_on_all(tiny) -> None:
+    from kelpseg.data.datamodule import KelpDataModule
+
+    packed, tiles = tiny
+    excluded = {"T00", "T03", "T05"}  # T03 is in fold 1, T00 and T05 in fold 0
+    tiles = tiles.assign(excluded=tiles["tile_id"].isin(excluded))
+    cfg = load_config("tiny", ["train.samples_per_epoch=400", "train.batch_size=8"])
+    dm = KelpDataModule(cfg, packed, tiles, fold=0)
+    fold1 = set(tiles.loc[tiles["fold"] == 1, "tile_id"])
+    fold0 = tiles.loc[tiles["fold"] == 0, "tile_id"].tolist()
+    assert set(dm.train_tiles["tile_id"]) == fold1 - {"T03"}
+    assert dm.val_tiles["tile_id"].tolist() == fold0  # T00 and T05 are still validated on
+    drawn = {packed.tile_ids[r] for r in dm.train_rows[list(dm.train_dataloader().sampler)]}
+    assert drawn <= fold1 - {"T03"} and {"T07", "T11", "T15"} <= drawn  # never T03
+    val = torch.cat([m for _, m in dm.val_dataloader()])
+    assert torch.equal(val, torch.from_numpy(packed.masks[packed.row(fold0)]))
+    assert dm.steps_per_epoch == 50
+    raw, _ = dm.preview_batch(2)
+    assert torch.equal(raw, torch.from_numpy(packed.images[[1, 5]]))  # fold 0's kelp tiles
+    rows = packed.row(sorted(fold1 - {"T03"}))
+    sample = dm.normalization_sample(pixels=64)
+    assert sample.shape == (1, 7, 1, 7 * 64)
+    assert np.isin(sample[0, 6, 0].numpy(), np.unique(packed.images[rows, 6])).all()
+
+
 # ---------------------------------------------------------------- features and normalization
 
 
@@ -438,6 +463,60 @@ def test_fit_with_swa_scores_the_averaged_weights(tiny, tracking: str, tmp_path:
     assert result.checkpoint.name == "swa.ckpt" and result.checkpoint.is_file()
     state = torch.load(result.checkpoint, weights_only=False)
     assert any("StochasticWeightAveraging" in k for k in state["callbacks"])
+
+
+def test_fit_trains_without_excluded_tiles(tiny, tracking: str, tmp_path: Path) -> None:
+    packed, tiles = tiny
+    tiles = tiles.assign(excluded=tiles["tile_id"].isin({"T00", "T03", "T05"}))
+    _, result = _fit((packed, tiles), tracking, tmp_path, ["train.max_epochs=1"])
+    params = _mlflow(tracking).get_run(result.run_id).data.params
+    assert (params["train_tiles"], params["val_tiles"]) == ("7", "8")
+
+
+def _checkpoint_files(out: Path) -> list[Path]:
+    """Every regular file under ``out`` that torch can load as a Lightning checkpoint."""
+    found = []
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size > 10_000:
+            try:
+                state = torch.load(p, weights_only=False, map_location="cpu")
+            except Exception:  # not a checkpoint
+                continue
+            if isinstance(state, dict) and "state_dict" in state:
+                found.append(p)
+    return found
+
+
+@pytest.mark.parametrize("dices", [(0.5, 0.4, 0.6), (0.5, 0.6, 0.4)], ids=["last-best", "mid-best"])
+def test_each_checkpoint_is_stored_once(
+    tiny, tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dices: tuple
+) -> None:
+    """No copy in MLflow; ``last.ckpt`` is a link to ``best.ckpt`` when it is the best epoch."""
+
+    def scripted_dice(self: KelpSegModule) -> None:  # val Dice per epoch as given
+        self.val_metrics.reset()
+        self.log("val/dice", dices[self.current_epoch])
+
+    monkeypatch.setattr(KelpSegModule, "on_validation_epoch_end", scripted_dice)
+    name = f"once-{dices}"
+    _, result = _fit(
+        tiny, tracking, tmp_path, ["train.max_epochs=3", f"tracking.experiment={name}"]
+    )
+    fold = tmp_path / "fold0"
+    assert any((tmp_path / "mlartifacts").rglob("config.yaml"))  # the run's artifacts are here
+    files = _checkpoint_files(tmp_path)
+    steps = [torch.load(p, weights_only=False)["global_step"] for p in files]
+    assert len(set(steps)) == len(steps), files  # one file per saved training state
+    run = _mlflow(tracking).get_run(result.run_id)
+    assert run.data.tags["checkpoint"] == str((fold / "best.ckpt").resolve())
+    best_epoch = int(np.argmax(dices))
+    assert result.checkpoint == fold / "best.ckpt" and result.val_dice == pytest.approx(max(dices))
+    assert torch.load(fold / "best.ckpt", weights_only=False)["epoch"] == best_epoch
+    assert torch.load(fold / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert (fold / "last.ckpt").is_symlink() == (best_epoch == 2)
+    expected = [fold / "best.ckpt"] + ([fold / "last.ckpt"] if best_epoch != 2 else [])
+    assert files == expected
+    assert not list(fold.glob(".*"))  # no temporary files left
 
 
 def test_deterministic_fits_repeat_exactly(tiny, tracking: str, tmp_path: Path) -> None:
