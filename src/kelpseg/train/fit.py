@@ -2,7 +2,7 @@
 
 A fold writes ``OUT/fold{k}/``: ``best.ckpt`` and ``last.ckpt`` (every epoch; a link to
 ``best.ckpt`` when the last epoch is the best), ``swa.ckpt`` (the averaged weights, with
-``train.swa``), the MLflow run id, ``config.yaml``,
+``train.swa``; a link to ``last.ckpt`` when that holds them), the MLflow run id, ``config.yaml``,
 ``normalization.json`` and, once finished, ``result.json``. Checkpoints are stored once: the
 MLflow run records the checkpoint's path (tag ``checkpoint``), not a copy. With
 ``train.resume`` (``--resume``) a finished fold is skipped and an unfinished one continues from
@@ -227,6 +227,30 @@ def build_trainer(
     )
 
 
+def save_swa(trainer: L.Trainer, module: KelpSegModule, fold_dir: Path) -> Path:
+    """``swa.ckpt``: the averaged weights, as a link to ``last.ckpt`` when that holds them.
+
+    With batch norm, Lightning's SWA ends with an epoch that only updates its statistics, and
+    that epoch's ``last.ckpt`` already holds the final averaged model: it is not stored twice.
+    """
+    swa, last = fold_dir / "swa.ckpt", fold_dir / "last.ckpt"
+    same = False
+    if trainer.is_global_zero and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+        current = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        same = saved.keys() == current.keys() and all(
+            torch.equal(saved[k], current[k]) for k in saved
+        )
+    if trainer.strategy.broadcast(same):
+        if trainer.is_global_zero:
+            swa.unlink(missing_ok=True)
+            swa.symlink_to(last.name)
+        trainer.strategy.barrier()
+    else:
+        trainer.save_checkpoint(swa)
+    return swa
+
+
 def score(
     trainer: L.Trainer, module: KelpSegModule, data: KelpDataModule, ckpt: ModelCheckpoint
 ) -> tuple[Path, float, dict[str, float]]:
@@ -236,8 +260,7 @@ def score(
     validated again; otherwise the best checkpoint by ``val/dice`` is.
     """
     if module.cfg.train.swa:
-        best = Path(ckpt.dirpath or ".") / "swa.ckpt"
-        trainer.save_checkpoint(best)
+        best = save_swa(trainer, module, Path(ckpt.dirpath or "."))
         trainer.validate(module, datamodule=data, verbose=False)
     scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     if module.cfg.train.swa:
@@ -259,7 +282,7 @@ def save_results(
     atomic_write_text(fold_dir / "normalization.json", bounds)
     for name in ("config.yaml", "normalization.json"):
         client.log_artifact(run_id, str(fold_dir / name))
-    client.set_tag(run_id, "checkpoint", str(result.checkpoint.resolve()))
+    client.set_tag(run_id, "checkpoint", str(result.checkpoint.absolute()))
     client.log_metric(run_id, "best/val_dice", result.val_dice)
     atomic_write_text(fold_dir / RESULT, result.to_json())  # last: the fold is finished
 
