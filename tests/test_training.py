@@ -15,6 +15,7 @@ from kelpseg.compat import ensure_torchvision
 ensure_torchvision()
 
 import segmentation_models_pytorch as smp  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 from kelpseg.config import ConfigError, TrainConfig, load_config  # noqa: E402
@@ -29,6 +30,7 @@ from kelpseg.data.dataset import (  # noqa: E402
 from kelpseg.features.indices import WINNING_17  # noqa: E402
 from kelpseg.features.pipeline import FeatureBuilder  # noqa: E402
 from kelpseg.train.augment import augment_batch, random_rotate, step_generator  # noqa: E402
+from kelpseg.train.fit import FoldResult  # noqa: E402
 from kelpseg.train.losses import LOSSES, WeightedLoss  # noqa: E402
 from kelpseg.train.model import build_model  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
@@ -116,6 +118,31 @@ def test_dataset_reads_whole_batches_in_sampler_order(tiny) -> None:
     assert raw.dtype == torch.int16 and raw.shape == (5, 7, 64, 64)
     assert torch.equal(raw, torch.from_numpy(packed.images[[7, 2, 2, 9, 0]]))
     assert torch.equal(mask, torch.from_numpy(packed.masks[[7, 2, 2, 9, 0]]))
+
+
+def test_datamodule_trains_without_excluded_tiles_and_validates_on_all(tiny) -> None:
+    from kelpseg.data.datamodule import KelpDataModule
+
+    packed, tiles = tiny
+    excluded = {"T00", "T03", "T05"}  # T03 is in fold 1, T00 and T05 in fold 0
+    tiles = tiles.assign(excluded=tiles["tile_id"].isin(excluded))
+    cfg = load_config("tiny", ["train.samples_per_epoch=400", "train.batch_size=8"])
+    dm = KelpDataModule(cfg, packed, tiles, fold=0)
+    fold1 = set(tiles.loc[tiles["fold"] == 1, "tile_id"])
+    fold0 = tiles.loc[tiles["fold"] == 0, "tile_id"].tolist()
+    assert set(dm.train_tiles["tile_id"]) == fold1 - {"T03"}
+    assert dm.val_tiles["tile_id"].tolist() == fold0  # T00 and T05 are still validated on
+    drawn = {packed.tile_ids[r] for r in dm.train_rows[list(dm.train_dataloader().sampler)]}
+    assert drawn <= fold1 - {"T03"} and {"T07", "T11", "T15"} <= drawn  # never T03
+    val = torch.cat([m for _, m in dm.val_dataloader()])
+    assert torch.equal(val, torch.from_numpy(packed.masks[packed.row(fold0)]))
+    assert dm.steps_per_epoch == 50
+    raw, _ = dm.preview_batch(2)
+    assert torch.equal(raw, torch.from_numpy(packed.images[[1, 5]]))  # fold 0's kelp tiles
+    rows = packed.row(sorted(fold1 - {"T03"}))
+    sample = dm.normalization_sample(pixels=64)
+    assert sample.shape == (1, 7, 1, 7 * 64)
+    assert np.isin(sample[0, 6, 0].numpy(), np.unique(packed.images[rows, 6])).all()
 
 
 # ---------------------------------------------------------------- features and normalization
@@ -402,22 +429,165 @@ def _mlflow(tracking: str):
     return MlflowClient(tracking_uri=tracking)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        ["train.precision=bf16-mixed", "train.loss={dice: 1.0, focal: 2.0}"],
-        ["train.optimizer=sgd", "train.scheduler=step", "train.step_epochs=1"],
-        ["train.scheduler=plateau", "augment.rotate_degrees=45", "model.channels_last=true"],
-        ["train.scheduler=cosine", "features.normalize=sample_quantile", "features.fill=0"],
-    ],
-    ids=["bf16-focal", "sgd-step", "plateau-rotate", "cosine-sample-quantile"],
-)
-def test_fit_runs_with_options(tiny, tracking: str, tmp_path: Path, overrides: list[str]) -> None:
-    import math
+class Recorder(Callback):
+    """What a fit really did: LR, optimizer steps, gradient norms, the network's inputs/outputs."""
 
-    _, result = _fit(tiny, tracking, tmp_path, overrides)
-    assert result.checkpoint.is_file() and math.isfinite(result.val_dice)
-    assert (tmp_path / "fold0" / "result.json").is_file()
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+        self.steps: list[int] = []
+        self.grad_norms: list[float] = []
+        self.weights: list[dict[str, torch.Tensor]] = []
+        self.inputs: list[torch.Size] = []
+        self.channels_last: list[bool] = []
+        self.out_dtypes: set[torch.dtype] = set()
+        self.input_range: tuple[float, float] = (float("inf"), float("-inf"))
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        def hook(net, args, out) -> None:
+            if net.training:
+                x = args[0]
+                self.inputs.append(x.shape)
+                self.channels_last.append(x.is_contiguous(memory_format=torch.channels_last))
+                self.out_dtypes.add(out.dtype)
+                lo, hi = self.input_range
+                self.input_range = (min(lo, x.min().item()), max(hi, x.max().item()))
+
+        pl_module.net.register_forward_hook(hook)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self.weights.append({n: p.detach().clone() for n, p in pl_module.named_parameters()})
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        grads = [p.grad.detach().flatten() for p in pl_module.parameters() if p.grad is not None]
+        if grads:  # none in SWA's batch-norm update epoch
+            self.grad_norms.append(torch.cat(grads).float().norm().item())
+        self.steps.append(trainer.global_step)
+
+
+def _recorded_fit(tiny, tracking: str, tmp_path: Path, overrides: list[str], monkeypatch):
+    """A 2-epoch fit of 4 batches an epoch; returns the trainer and a :class:`Recorder`."""
+    from kelpseg.train import fit
+
+    rec, built, original = Recorder(), [], fit.build_trainer
+
+    def build_trainer(cfg, callbacks, logger, steps_per_epoch):
+        built.append(original(cfg, [*callbacks, rec], logger, steps_per_epoch))
+        return built[-1]
+
+    monkeypatch.setattr(fit, "build_trainer", build_trainer)
+    _fit(tiny, tracking, tmp_path, ["train.log_images=0", *overrides])
+    return built[0], rec
+
+
+def _adamw_onecycle(trainer, rec: Recorder) -> None:
+    opt = trainer.optimizers[0]
+    assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 1e-4
+    sched = trainer.lr_scheduler_configs[0]
+    assert isinstance(sched.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+    assert rec.lrs[0] == pytest.approx(3e-4 / 2) and int(np.argmax(rec.lrs)) == 3  # pct_start .5
+    assert max(rec.lrs) == pytest.approx(3e-4) and rec.lrs[-1] == pytest.approx(3e-4 / 2 / 100)
+    assert rec.out_dtypes == {torch.float32} and set(rec.inputs) == {torch.Size([4, 9, 64, 64])}
+    assert rec.steps == list(range(1, 9)) and min(rec.grad_norms) > 0.01  # unclipped, no accum
+    assert not any(rec.channels_last)
+    assert set(trainer.lightning_module.loss.weights) == {"dice"}
+
+
+def _bf16_focal(trainer, rec: Recorder) -> None:
+    assert trainer.precision == "bf16-mixed" and rec.out_dtypes == {torch.bfloat16}
+    loss = trainer.lightning_module.loss
+    assert loss.weights == {"dice": 1.0, "focal": 2.0}
+    assert type(loss.losses["focal"]) is smp.losses.FocalLoss
+
+
+def _sgd_step(trainer, rec: Recorder) -> None:
+    opt = trainer.optimizers[0]
+    assert type(opt) is torch.optim.SGD and opt.defaults["momentum"] == 0.5
+    assert opt.defaults["lr"] == 0.01
+    assert rec.lrs == pytest.approx([0.01] * 4 + [0.001] * 4)  # gamma 0.1 after 1 epoch
+
+
+def _plateau_channels_last(trainer, rec: Recorder) -> None:
+    sched = trainer.lr_scheduler_configs[0]
+    assert isinstance(sched.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    assert sched.monitor == "val/dice" and sched.interval == "epoch"
+    assert all(rec.channels_last)
+
+
+def _cosine_clip_quantile(trainer, rec: Recorder) -> None:
+    assert isinstance(
+        trainer.lr_scheduler_configs[0].scheduler, torch.optim.lr_scheduler.CosineAnnealingLR
+    )
+    assert rec.lrs[0] == pytest.approx(3e-4) and all(a > b for a, b in pairwise(rec.lrs))
+    assert rec.lrs[-1] < 3e-5
+    assert trainer.gradient_clip_val == 1e-3 and max(rec.grad_norms) <= 1e-3 * 1.001
+    lo, hi = rec.input_range  # per-sample quantile scaling: every input in [0, 1]
+    assert lo >= 0.0 and hi <= 1.0
+
+
+def _crop_accumulate(trainer, rec: Recorder) -> None:
+    assert set(rec.inputs) == {torch.Size([4, 9, 32, 32])}
+    assert rec.steps == [0, 1, 1, 2, 2, 3, 3, 4]  # an optimizer step every 2 batches
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check"),
+    [
+        (["train.pct_start=0.5"], _adamw_onecycle),
+        (["train.precision=bf16-mixed", "train.loss={dice: 1.0, focal: 2.0}"], _bf16_focal),
+        (
+            [
+                "train.optimizer=sgd",
+                "train.lr=0.01",
+                "train.momentum=0.5",
+                "train.scheduler=step",
+                "train.step_epochs=1",
+            ],
+            _sgd_step,
+        ),
+        (["train.scheduler=plateau", "model.channels_last=true"], _plateau_channels_last),
+        (
+            [
+                "train.scheduler=cosine",
+                "train.gradient_clip_val=0.001",
+                "features.normalize=sample_quantile",
+            ],
+            _cosine_clip_quantile,
+        ),
+        (["train.crop_size=32", "train.accumulate_grad_batches=2"], _crop_accumulate),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else None,
+)
+def test_fit_applies_each_option(
+    tiny, tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overrides, check
+) -> None:
+    """Each option is checked for its effect on the fit, not just for running."""
+    trainer, rec = _recorded_fit(tiny, tracking, tmp_path, overrides, monkeypatch)
+    assert len(rec.lrs) == 8  # 2 epochs x 16 samples / batch 4
+    check(trainer, rec)
+
+
+def test_augment_options_reach_the_training_batch(tiny) -> None:
+    packed, _ = tiny
+    raw = torch.from_numpy(packed.images[:4].copy())
+    mask = torch.from_numpy(packed.masks[:4].copy())
+
+    def inputs(*overrides: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = load_config("tiny", [*SMALL_NET, *overrides])
+        module = KelpSegModule(cfg.model_dump(mode="json"))
+        module.features.fit_bounds(raw, cfg.features.quantiles)
+        return (*module.training_inputs(raw, mask, batch_idx=0), module.features(raw))
+
+    x, y, plain = inputs("augment.flips=false", "augment.rotate_degrees=0")
+    assert torch.equal(x, plain) and torch.equal(y[:, 0], mask.float())
+    x, y, _ = inputs("augment.flips=true", "augment.rotate_degrees=0")
+    assert not torch.equal(x, plain) and torch.equal(y.sum((1, 2, 3)), mask.float().sum((1, 2)))
+    x, y, _ = inputs("augment.flips=false", "augment.rotate_degrees=45")
+    assert not torch.equal(x, plain) and not torch.equal(y[:, 0], mask.float())
+    x, y, _ = inputs("augment.flips=false", "train.crop_size=24")
+    assert x.shape[-2:] == y.shape[-2:] == (24, 24)
 
 
 def test_fit_accumulates_gradients(tiny, tracking: str, tmp_path: Path) -> None:
@@ -428,16 +598,77 @@ def test_fit_accumulates_gradients(tiny, tracking: str, tmp_path: Path) -> None:
     assert state["global_step"] == 4  # 2 epochs x 4 batches / 2
 
 
-def test_fit_with_swa_scores_the_averaged_weights(tiny, tracking: str, tmp_path: Path) -> None:
-    _, result = _fit(
-        tiny,
-        tracking,
-        tmp_path,
-        ["train.swa=true", "train.max_epochs=3", "train.swa_epoch_start=1"],
-    )
+def test_fit_with_swa_scores_the_averaged_weights(
+    tiny, tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    overrides = ["train.swa=true", "train.max_epochs=3", "train.swa_epoch_start=1"]
+    trainer, rec = _recorded_fit(tiny, tracking, tmp_path, overrides, monkeypatch)
+    result = FoldResult.from_json((tmp_path / "fold0" / "result.json").read_text())
     assert result.checkpoint.name == "swa.ckpt" and result.checkpoint.is_file()
     state = torch.load(result.checkpoint, weights_only=False)
     assert any("StochasticWeightAveraging" in k for k in state["callbacks"])
+    swa = state["state_dict"]
+    names = [n for n, _ in trainer.lightning_module.named_parameters()]
+    trained = rec.weights[:3]  # the 3 epochs' weights; a 4th epoch only updates batch-norm stats
+    assert all(not all(torch.equal(swa[n], w[n]) for n in names) for w in trained)  # averaged
+    assert all(torch.equal(swa[n], rec.weights[3][n]) for n in names)  # what was validated
+    assert result.val_dice == pytest.approx(result.metrics["val/dice"])
+    steps = [torch.load(p, weights_only=False)["global_step"] for p in _checkpoint_files(tmp_path)]
+    assert len(set(steps)) == len(steps)  # swa.ckpt is not a second copy of last.ckpt
+
+
+def test_fit_trains_without_excluded_tiles(tiny, tracking: str, tmp_path: Path) -> None:
+    packed, tiles = tiny
+    tiles = tiles.assign(excluded=tiles["tile_id"].isin({"T00", "T03", "T05"}))
+    _, result = _fit((packed, tiles), tracking, tmp_path, ["train.max_epochs=1"])
+    params = _mlflow(tracking).get_run(result.run_id).data.params
+    assert (params["train_tiles"], params["val_tiles"]) == ("7", "8")
+
+
+def _checkpoint_files(out: Path) -> list[Path]:
+    """Every regular file under ``out`` that torch can load as a Lightning checkpoint."""
+    found = []
+    for p in sorted(out.rglob("*")):
+        if p.is_file() and not p.is_symlink() and p.stat().st_size > 10_000:
+            try:
+                state = torch.load(p, weights_only=False, map_location="cpu")
+            except Exception:  # not a checkpoint
+                continue
+            if isinstance(state, dict) and "state_dict" in state:
+                found.append(p)
+    return found
+
+
+@pytest.mark.parametrize("dices", [(0.5, 0.4, 0.6), (0.5, 0.6, 0.4)], ids=["last-best", "mid-best"])
+def test_each_checkpoint_is_stored_once(
+    tiny, tracking: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dices: tuple
+) -> None:
+    """No copy in MLflow; ``last.ckpt`` is a link to ``best.ckpt`` when it is the best epoch."""
+
+    def scripted_dice(self: KelpSegModule) -> None:  # val Dice per epoch as given
+        self.val_metrics.reset()
+        self.log("val/dice", dices[self.current_epoch])
+
+    monkeypatch.setattr(KelpSegModule, "on_validation_epoch_end", scripted_dice)
+    name = f"once-{dices}"
+    _, result = _fit(
+        tiny, tracking, tmp_path, ["train.max_epochs=3", f"tracking.experiment={name}"]
+    )
+    fold = tmp_path / "fold0"
+    assert any((tmp_path / "mlartifacts").rglob("config.yaml"))  # the run's artifacts are here
+    files = _checkpoint_files(tmp_path)
+    steps = [torch.load(p, weights_only=False)["global_step"] for p in files]
+    assert len(set(steps)) == len(steps), files  # one file per saved training state
+    run = _mlflow(tracking).get_run(result.run_id)
+    assert run.data.tags["checkpoint"] == str((fold / "best.ckpt").resolve())
+    best_epoch = int(np.argmax(dices))
+    assert result.checkpoint == fold / "best.ckpt" and result.val_dice == pytest.approx(max(dices))
+    assert torch.load(fold / "best.ckpt", weights_only=False)["epoch"] == best_epoch
+    assert torch.load(fold / "last.ckpt", weights_only=False)["epoch"] == 2
+    assert (fold / "last.ckpt").is_symlink() == (best_epoch == 2)
+    expected = [fold / "best.ckpt"] + ([fold / "last.ckpt"] if best_epoch != 2 else [])
+    assert files == expected
+    assert not list(fold.glob(".*"))  # no temporary files left
 
 
 def test_deterministic_fits_repeat_exactly(tiny, tracking: str, tmp_path: Path) -> None:

@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 
+def mlflow_command(out: Path) -> str:
+    """The shell command that opens the run's MLflow store (path quoted for the shell)."""
+    uri = f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+
+
 def print_metrics(metrics: dict, out: Path) -> None:
-    """The metrics table (network vs NDVI rule) and where the outputs are."""
+    """The metrics table (network vs NDVI rule) and where the outputs are.
+
+    The output lines are printed unwrapped and without markup, so that the paths and the
+    ``mlflow ui`` command can be copied and pasted whole however narrow the terminal.
+    """
     console = Console()
+
+    def line(text: str) -> None:
+        console.print(text, soft_wrap=True, markup=False, highlight=False)
+
     table = Table(title="kelpseg — kelp-class Dice, counted over all pixels")
     for col in ("model", "val Dice", "test Dice", "test IoU", "precision", "recall"):
         table.add_column(col, justify="right" if col != "model" else "left")
@@ -36,12 +51,10 @@ def print_metrics(metrics: dict, out: Path) -> None:
         f"{metrics['train_tiles']} training tiles in {metrics['aoi_groups']} AOI groups, "
         f"{metrics['test_tiles']} test tiles; train {secs.get('train')} s, total {secs.get('total')} s"
     )
-    console.print(f"outputs:  predictions  {out / 'predictions'}")
-    console.print(f"          metrics      {out / 'metrics.json'}")
-    console.print(f"          checkpoint   {metrics['predicted_with']}")
-    console.print(
+    line(f"outputs:  predictions  {out / 'predictions'}")
+    line(f"          metrics      {out / 'metrics.json'}")
+    line(f"          checkpoint   {metrics['predicted_with']}")
+    line(
         f"          tables       {out / 'tile_stats.csv'}, {out / 'groups.csv'}, {out / 'splits.csv'}"
     )
-    console.print(
-        f"          MLflow       mlflow ui --backend-store-uri sqlite:///{(out / 'mlflow.db').resolve()}"
-    )
+    line(f"          MLflow       {mlflow_command(out)}")

@@ -1,11 +1,17 @@
 """Trainer assembly (``kelpseg train``): one fold = one Lightning fit = one MLflow run.
 
-A fold writes ``OUT/fold{k}/``: ``best.ckpt`` and ``last.ckpt`` (every epoch), ``swa.ckpt`` (the
-averaged weights, with ``train.swa``), the MLflow run id, ``config.yaml``,
-``normalization.json`` and, once finished, ``result.json``. With
+A fold writes ``OUT/fold{k}/``: ``best.ckpt`` and ``last.ckpt`` (every epoch; a link to
+``best.ckpt`` when the last epoch is the best), ``swa.ckpt`` (the averaged weights, with
+``train.swa``; a link to ``last.ckpt`` when that holds them), the MLflow run id, ``config.yaml``,
+``normalization.json`` and, once finished, ``result.json``. Checkpoints are stored once: the
+MLflow run records the checkpoint's path (tag ``checkpoint``), not a copy. With
 ``train.resume`` (``--resume``) a finished fold is skipped and an unfinished one continues from
 ``last.ckpt`` in the same MLflow run; the tile sampler and the augmentation draw from
 ``(seed, epoch, batch)``, so the resumed run ends where an uninterrupted one would.
+
+The data side (fold rows, loaders, preview batch, normalization sample) is
+:class:`kelpseg.data.datamodule.KelpDataModule`; this module builds the network, the trainer
+and the logger, fits, and saves the fold's results.
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ quiet()
 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 import lightning as L  # noqa: E402
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import (  # noqa: E402
@@ -35,11 +40,10 @@ from lightning.pytorch.callbacks import (  # noqa: E402
 )
 from lightning.pytorch.loggers import MLFlowLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_only  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
 from kelpseg.config import Config, dump_config, flatten  # noqa: E402
 from kelpseg.data.cache import PackedTiles  # noqa: E402
-from kelpseg.data.dataset import PackedDataset, keep_batch, make_sampler  # noqa: E402
+from kelpseg.data.datamodule import KelpDataModule  # noqa: E402
 from kelpseg.io.raster import atomic_write_text  # noqa: E402
 from kelpseg.train.images import SampleImages  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
@@ -72,51 +76,41 @@ def tracking_uri(cfg: Config, out: Path) -> str:
     return cfg.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
 
 
-def sample_pixels(
-    packed: PackedTiles, rows: np.ndarray, n_tiles: int, pixels: int, seed: int
-) -> torch.Tensor:
-    """``(1, 7, 1, n_tiles * pixels)`` raw pixels drawn from up to ``n_tiles`` tiles (for stats)."""
-    rng = np.random.default_rng(seed)
-    chosen = np.sort(rng.choice(rows, size=min(n_tiles, len(rows)), replace=False))
-    imgs = np.asarray(packed.images[chosen]).reshape(len(chosen), 7, -1)
-    idx = rng.integers(0, imgs.shape[-1], size=(len(chosen), pixels))
-    px = np.take_along_axis(imgs, idx[:, None, :], axis=2)  # (n, 7, pixels)
-    return torch.from_numpy(px.transpose(1, 0, 2).reshape(1, 7, 1, -1).copy())
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every epoch, as a link to ``best.ckpt`` when both are the same epoch.
 
+    Lightning's ``save_last`` only follows improvements of the monitor, hence a second
+    callback. When ``best`` saved at this step the state (with both callbacks' paths updated)
+    is written to ``best.ckpt`` and ``last.ckpt`` links to it, so one epoch is stored once.
+    Every write goes to a temporary file renamed over the target: a link is replaced, never
+    written through, and a killed run leaves the previous state.
 
-def loaders(
-    cfg: Config, packed: PackedTiles, train_tiles: pd.DataFrame, val_tiles: pd.DataFrame, fold: int
-) -> tuple[DataLoader, DataLoader]:
-    """The weighted-sampler training loader and the in-order validation loader.
-
-    Both yield whole batches from one read of the packed cache (``__getitems__``); Lightning
-    shards them across processes under DDP (``use_distributed_sampler``).
+    Args:
+        best: The best-by-monitor checkpoint callback (listed before this one).
+        dirpath: The fold folder.
     """
-    t = cfg.train
-    train_ds = PackedDataset(packed, packed.row(train_tiles["tile_id"].tolist()))
-    val_ds = PackedDataset(packed, packed.row(val_tiles["tile_id"].tolist()))
-    sampler = make_sampler(
-        train_tiles, t.sampler_weights, t.samples_per_epoch or len(train_ds), t.seed + fold
-    )
-    kw: dict = dict(batch_size=t.batch_size, collate_fn=keep_batch, num_workers=t.num_workers)
-    if t.num_workers:
-        kw.update(persistent_workers=True)
-    if torch.cuda.is_available() and t.accelerator != "cpu":
-        kw.update(pin_memory=True)
-    return DataLoader(train_ds, sampler=sampler, **kw), DataLoader(val_ds, shuffle=False, **kw)
 
+    def __init__(self, best: ModelCheckpoint, dirpath: Path) -> None:
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1)
+        self.best = best
 
-def preview_batch(
-    packed: PackedTiles, val_tiles: pd.DataFrame, n: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The fixed validation tiles drawn each epoch: those with the most kelp first."""
-    order = val_tiles
-    if "kelp_pixels" in val_tiles.columns:
-        order = val_tiles.sort_values(["kelp_pixels", "tile_id"], ascending=[False, True])
-    rows = np.sort(packed.row(order["tile_id"].head(n).tolist()))
-    return torch.from_numpy(np.asarray(packed.images[rows])), torch.from_numpy(
-        np.asarray(packed.masks[rows])
-    )
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        same = bool(self.best.best_model_path) and (
+            self.best._last_global_step_saved == trainer.global_step
+        )
+        target = Path(self.best.best_model_path if same else filepath)
+        tmp = target.with_name(f".{target.name}.tmp")
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        if trainer.is_global_zero:
+            os.replace(tmp, target)
+            if same:
+                link = Path(filepath).with_name(f".{Path(filepath).name}.tmp")
+                link.unlink(missing_ok=True)
+                link.symlink_to(os.path.relpath(target, link.parent))
+                os.replace(link, filepath)
+        trainer.strategy.barrier()
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
 
 
 def callbacks(
@@ -125,8 +119,7 @@ def callbacks(
     """Checkpoints (best by val/dice, and last), LR monitor, sample figures, SWA."""
     t = cfg.train
     ckpt = ModelCheckpoint(dirpath=fold_dir, filename="best", monitor="val/dice", mode="max")
-    # Lightning's save_last only follows improvements of the monitor: keep every epoch's state.
-    last = ModelCheckpoint(dirpath=fold_dir, filename="last", monitor=None, save_top_k=1)
+    last = LastCheckpoint(ckpt, fold_dir)
     cbs: list[Callback] = [ckpt, last, LearningRateMonitor("step")]
     if t.log_images:
         cbs.append(SampleImages(*preview))
@@ -149,7 +142,7 @@ def mlflow_logger(cfg: Config, out: Path, fold: int, run_id: str | None) -> MLFl
         run_name=f"fold{fold}",
         tracking_uri=uri,
         artifact_location=(out / "mlartifacts").resolve().as_uri(),
-        log_model=False,  # train_fold logs the fold's model checkpoint itself
+        log_model=False,  # checkpoints stay in the fold folder, stored once
         run_id=run_id,
     )
 
@@ -160,6 +153,7 @@ def _clear_fold(fold_dir: Path) -> None:
         *fold_dir.glob("best*.ckpt"),
         *fold_dir.glob("last*.ckpt"),
         *fold_dir.glob("swa.ckpt"),
+        *fold_dir.glob(".*.ckpt.tmp"),
     ]:
         p.unlink()
     for name in (RESULT, RUN_ID):
@@ -190,64 +184,57 @@ def _same_config(saved: Path, cfg: Config, fold: int) -> None:
         )
 
 
-def train_fold(
-    cfg: Config, tiles: pd.DataFrame, packed: PackedTiles, fold: int, out: Path
-) -> FoldResult:
-    """Train on every fold but ``fold``, validate on ``fold``, keep the best checkpoint.
+def _resume_state(cfg: Config, fold_dir: Path, fold: int) -> tuple[FoldResult | None, Path | None]:
+    """``(finished result, checkpoint to continue from)`` of a fold under ``train.resume``.
 
-    Args:
-        cfg: The config (``train.resume`` continues an interrupted fold).
-        tiles: Training tiles with ``tile_id``, ``fold`` and the ``kelpseg stats`` columns.
-        packed: The packed cache holding those tiles.
-        fold: The validation fold.
-        out: Run folder; checkpoints go to ``out/fold{k}/``.
+    Without ``train.resume`` (or with nothing to resume) both are None and, on rank 0, a
+    previous run's checkpoints and result are cleared.
     """
-    t = cfg.train
-    fold_dir = out / f"fold{fold}"
-    fold_dir.mkdir(parents=True, exist_ok=True)
     last = fold_dir / "last.ckpt"
-    if t.resume and (fold_dir / RESULT).is_file():
+    if cfg.train.resume and (fold_dir / RESULT).is_file():
         _same_config(fold_dir / "config.yaml", cfg, fold)
-        return FoldResult.from_json((fold_dir / RESULT).read_text())
-    resume_from = last if t.resume and last.is_file() else None
+        return FoldResult.from_json((fold_dir / RESULT).read_text()), None
+    resume_from = last if cfg.train.resume and last.is_file() else None
     if resume_from is not None:
         _same_config(last, cfg, fold)
-    rank0 = rank_zero_only.rank == 0  # DDP launches every rank through this function
-    if resume_from is None and rank0:
+    if resume_from is None and rank_zero_only.rank == 0:  # DDP runs every rank through here
         _clear_fold(fold_dir)
+    return None, resume_from
 
-    L.seed_everything(t.seed + fold, workers=True)
-    if torch.cuda.is_available() and not t.deterministic:
-        torch.set_float32_matmul_precision("high")
-    train_tiles = tiles[tiles["fold"] != fold]
-    if "excluded" in train_tiles:  # data.exclude: out of training, still validated
-        train_tiles = train_tiles[~train_tiles["excluded"].astype(bool)]
-    train_tiles = train_tiles.reset_index(drop=True)
-    val_tiles = tiles[tiles["fold"] == fold].reset_index(drop=True)
-    if train_tiles.empty or val_tiles.empty:
-        raise ValueError(f"fold {fold}: {len(train_tiles)} train / {len(val_tiles)} val tiles")
 
+def build_module(cfg: Config, data: KelpDataModule) -> KelpSegModule:
+    """The network, with normalization bounds fitted on the fold's training pixels."""
     module = KelpSegModule(cfg.model_dump(mode="json"))
-    train_rows = packed.row(train_tiles["tile_id"].tolist())
-    pixels = sample_pixels(packed, train_rows, cfg.features.stats_tiles, 4096, t.seed)
-    module.features.fit_bounds(pixels, cfg.features.quantiles)
-    train_dl, val_dl = loaders(cfg, packed, train_tiles, val_tiles, fold)
+    module.features.fit_bounds(data.normalization_sample(), cfg.features.quantiles)
+    return module
 
+
+def build_logger(
+    cfg: Config, out: Path, fold_dir: Path, data: KelpDataModule, resuming: bool
+) -> MLFlowLogger:
+    """The fold's MLflow run: a new one with the flat config, or the interrupted one."""
     run_id_file = fold_dir / RUN_ID
-    run_id = run_id_file.read_text().strip() if resume_from and run_id_file.is_file() else None
-    logger = mlflow_logger(cfg, out, fold, run_id)
-    if run_id is None and rank0:
+    run_id = run_id_file.read_text().strip() if resuming and run_id_file.is_file() else None
+    logger = mlflow_logger(cfg, out, data.fold, run_id)
+    if run_id is None and rank_zero_only.rank == 0:
         logger.log_hyperparams(
             {
                 **flatten(cfg),
-                "fold": fold,
-                "train_tiles": len(train_tiles),
-                "val_tiles": len(val_tiles),
+                "fold": data.fold,
+                "train_tiles": len(data.train_tiles),
+                "val_tiles": len(data.val_tiles),
             }
         )
         atomic_write_text(run_id_file, logger.run_id)
-    cbs, ckpt = callbacks(cfg, fold_dir, preview_batch(packed, val_tiles, t.log_images))
-    trainer = L.Trainer(
+    return logger
+
+
+def build_trainer(
+    cfg: Config, callbacks: list[Callback], logger: MLFlowLogger, steps_per_epoch: int
+) -> L.Trainer:
+    """The Lightning trainer of ``train.*``."""
+    t = cfg.train
+    return L.Trainer(
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
@@ -257,37 +244,108 @@ def train_fold(
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         logger=logger,
-        callbacks=cbs,
+        callbacks=callbacks,
         enable_progress_bar=t.progress,
         enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, len(train_dl) // 2)),
+        log_every_n_steps=max(1, min(50, steps_per_epoch // 2)),
         num_sanity_val_steps=0,
         deterministic=t.deterministic,
         benchmark=t.deterministic is False,
     )
-    trainer.fit(module, train_dl, val_dl, ckpt_path=resume_from)
 
-    if t.swa:  # the averaged weights are the model: save and score them
-        best = fold_dir / "swa.ckpt"
-        trainer.save_checkpoint(best)
-        trainer.validate(module, val_dl, verbose=False)
-    scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-    if t.swa:
-        val_dice = scores.get("val/dice", float("nan"))
-    else:
-        best = Path(ckpt.best_model_path)
-        score = ckpt.best_model_score
-        val_dice = float(score) if score is not None else float("nan")
-    result = FoldResult(fold, best, val_dice, scores, logger.run_id)
-    if trainer.is_global_zero:
-        client = logger.experiment
-        atomic_write_text(fold_dir / "config.yaml", dump_config(cfg))
-        atomic_write_text(
-            fold_dir / "normalization.json", json.dumps(module.features.bounds(), indent=2)
+
+def save_swa(trainer: L.Trainer, module: KelpSegModule, fold_dir: Path) -> Path:
+    """``swa.ckpt``: the averaged weights, as a link to ``last.ckpt`` when that holds them.
+
+    With batch norm, Lightning's SWA ends with an epoch that only updates its statistics, and
+    that epoch's ``last.ckpt`` already holds the final averaged model: it is not stored twice.
+    """
+    swa, last = fold_dir / "swa.ckpt", fold_dir / "last.ckpt"
+    same = False
+    if trainer.is_global_zero and last.is_file():
+        saved = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+        current = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        same = saved.keys() == current.keys() and all(
+            torch.equal(saved[k], current[k]) for k in saved
         )
-        for name in ("config.yaml", "normalization.json"):
-            client.log_artifact(logger.run_id, str(fold_dir / name))
-        client.log_artifact(logger.run_id, str(best), "best")  # the fold's model
-        client.log_metric(logger.run_id, "best/val_dice", val_dice)
-        atomic_write_text(fold_dir / RESULT, result.to_json())
+    if trainer.strategy.broadcast(same):
+        if trainer.is_global_zero:
+            swa.unlink(missing_ok=True)
+            swa.symlink_to(last.name)
+        trainer.strategy.barrier()
+    else:
+        trainer.save_checkpoint(swa)
+    return swa
+
+
+def score(
+    trainer: L.Trainer, module: KelpSegModule, data: KelpDataModule, ckpt: ModelCheckpoint
+) -> tuple[Path, float, dict[str, float]]:
+    """``(checkpoint, val Dice, val metrics)`` of the fold's model.
+
+    With ``train.swa`` the averaged weights are the model: they are saved as ``swa.ckpt`` and
+    validated again; otherwise the best checkpoint by ``val/dice`` is.
+    """
+    if module.cfg.train.swa:
+        best = save_swa(trainer, module, Path(ckpt.dirpath or "."))
+        trainer.validate(module, datamodule=data, verbose=False)
+    scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    if module.cfg.train.swa:
+        return best, scores.get("val/dice", float("nan")), scores
+    value = ckpt.best_model_score
+    return Path(ckpt.best_model_path), float(value) if value is not None else float("nan"), scores
+
+
+def save_results(
+    cfg: Config, fold_dir: Path, module: KelpSegModule, logger: MLFlowLogger, result: FoldResult
+) -> None:
+    """Config, normalization bounds and result in the fold folder and the MLflow run.
+
+    The checkpoint is not copied into MLflow: the run's ``checkpoint`` tag names the file.
+    """
+    client, run_id = logger.experiment, logger.run_id
+    atomic_write_text(fold_dir / "config.yaml", dump_config(cfg))
+    bounds = json.dumps(module.features.bounds(), indent=2)
+    atomic_write_text(fold_dir / "normalization.json", bounds)
+    for name in ("config.yaml", "normalization.json"):
+        client.log_artifact(run_id, str(fold_dir / name))
+    client.set_tag(run_id, "checkpoint", str(result.checkpoint.absolute()))
+    client.log_metric(run_id, "best/val_dice", result.val_dice)
+    atomic_write_text(fold_dir / RESULT, result.to_json())  # last: the fold is finished
+
+
+def train_fold(
+    cfg: Config, tiles: pd.DataFrame, packed: PackedTiles, fold: int, out: Path
+) -> FoldResult:
+    """Train on every fold but ``fold``, validate on ``fold``, keep the best checkpoint.
+
+    Args:
+        cfg: The config (``train.resume`` continues an interrupted fold).
+        tiles: Training tiles with ``tile_id``, ``fold`` and the ``kelpseg stats`` columns;
+            tiles whose ``excluded`` column is true are validated on but not trained on.
+        packed: The packed cache holding those tiles.
+        fold: The validation fold.
+        out: Run folder; checkpoints go to ``out/fold{k}/``.
+    """
+    t = cfg.train
+    fold_dir = out / f"fold{fold}"
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    finished, resume_from = _resume_state(cfg, fold_dir, fold)
+    if finished is not None:
+        return finished
+
+    L.seed_everything(t.seed + fold, workers=True)
+    if torch.cuda.is_available() and not t.deterministic:
+        torch.set_float32_matmul_precision("high")
+    data = KelpDataModule(cfg, packed, tiles, fold)
+    module = build_module(cfg, data)
+    logger = build_logger(cfg, out, fold_dir, data, resuming=resume_from is not None)
+    cbs, ckpt = callbacks(cfg, fold_dir, data.preview_batch(t.log_images))
+    trainer = build_trainer(cfg, cbs, logger, data.steps_per_epoch)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+
+    checkpoint, val_dice, scores = score(trainer, module, data, ckpt)
+    result = FoldResult(fold, checkpoint, val_dice, scores, logger.run_id)
+    if trainer.is_global_zero:
+        save_results(cfg, fold_dir, module, logger, result)
     return result

@@ -1,0 +1,55 @@
+"""Bytes of checkpoint files a tiny resnet18 fit leaves under its output folder (issue 7, 6).
+
+Usage (from the repository root): ``PYTHONPATH=src:. python bench/checkpoint_bytes.py OUT``.
+Counts regular ``*.ckpt`` files under ``OUT/e{1,3}`` (the fold folder and ``mlartifacts/``);
+links are not counted, since they take no space.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kelpseg.config import load_config
+from kelpseg.data.cache import PackedTiles
+from kelpseg.train.fit import train_fold
+from tests.tiles import make_tile
+
+
+def main(root: Path) -> None:
+    rng = np.random.default_rng(0)
+    pairs = [make_tile(rng, kelp=i % 2 == 1) for i in range(16)]
+    ids = [f"T{i:02d}" for i in range(16)]
+    packed = PackedTiles(ids, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    kelp = packed.masks.sum(axis=(1, 2))
+    tiles = pd.DataFrame(
+        {
+            "tile_id": ids,
+            "fold": [(i // 2) % 2 for i in range(16)],
+            "kelp_pixels": kelp,
+            "has_kelp": kelp > 0,
+            "kelp_pixels_pct": 100 * kelp / 64**2,
+            "qa_ok": True,
+            "qa_corrupted_pixels_pct": 0.0,
+            "almost_all_water": False,
+            "dem_nan_pixels_pct": 50.0,
+            "dem_zero_pixels_pct": 25.0,
+        }
+    )
+    for epochs in (1, 3):
+        out = root / f"e{epochs}"
+        shutil.rmtree(out, ignore_errors=True)
+        opts = [f"train.max_epochs={epochs}", "train.samples_per_epoch=8", "train.log_images=0"]
+        train_fold(load_config("tiny", opts), tiles, packed, 0, out)
+        files = [p for p in sorted(out.rglob("*.ckpt")) if p.is_file() and not p.is_symlink()]
+        total = sum(p.stat().st_size for p in files) / 1e6
+        sizes = ", ".join(f"{p.relative_to(out)} {p.stat().st_size / 1e6:.1f}" for p in files)
+        print(f"epochs={epochs}: {len(files)} checkpoint files, {total:.1f} MB: {sizes}")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
