@@ -1,6 +1,6 @@
 """Bytes of checkpoint files a tiny resnet18 fit leaves under its output folder (issue 7, 6).
 
-Usage (from the repository root): ``PYTHONPATH=src:. python bench/checkpoint_bytes.py OUT``.
+Usage: ``python bench/checkpoint_bytes.py [OUT]`` (default ``/tmp/kelpseg-bench/ckpt``).
 Counts regular ``*.ckpt`` files under ``OUT/e{1,3}`` (the fold folder and ``mlartifacts/``);
 links are not counted, since they take no space.
 """
@@ -14,10 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from kelpseg.config import load_config
-from kelpseg.data.cache import PackedTiles
-from kelpseg.train.fit import train_fold
-from tests.tiles import make_tile
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.tiles
+
+from kelpseg.config import load_config  # noqa: E402
+from kelpseg.data.cache import PackedTiles  # noqa: E402
+from kelpseg.train.fit import train_fold  # noqa: E402
+from tests.tiles import make_tile  # noqa: E402
 
 
 def main(root: Path) -> None:
@@ -52,4 +54,4 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("/tmp/kelpseg-bench/ckpt"))

@@ -23,6 +23,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "groups.py": ([], ["--aois", "12", "--size", "128", "--tiles", "500"]),
     "band_order.py": ([], ["--aois", "8", "--size", "128"]),
     "ingest.py": ([], ["--aois", "8", "--repeat", "1"]),
+    "checkpoint_bytes.py": ([], []),
     "train_throughput.py": ([], ["--tiles", "40", "--batches", "3", "--repeat", "1"]),
 }
 
