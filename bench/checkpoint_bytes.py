@@ -16,10 +16,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.tiles
 
-from kelpseg.config import load_config  # noqa: E402
-from kelpseg.data.cache import PackedTiles  # noqa: E402
-from kelpseg.train.fit import train_fold  # noqa: E402
-from tests.tiles import make_tile  # noqa: E402
+from kelpseg.config import load_config
+from kelpseg.data.cache import PackedTiles
+from kelpseg.train.fit import train_fold
+from tests.tiles import make_tile
 
 
 def main(root: Path) -> None:
