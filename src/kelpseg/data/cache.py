@@ -68,7 +68,7 @@ def build_cache(
         dem_shifts: Detected DEM shifts ``(dx, dy)`` by tile id, undone while packing
             (``data.correct_dem_shift``), so the network sees the DEM where the image is.
     """
-    from kelpseg.data.quality import shift_dem
+    from kelpseg.data.dem_shift import shift_dem
     from kelpseg.data.stats import iter_tiles
 
     shifts = {t: s for t, s in (dem_shifts or {}).items() if s != (0, 0)}

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from kelpseg.data.quality import correct_dem  # noqa: E402
+from kelpseg.data.dem_shift import correct_dem  # noqa: E402
 from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
 from kelpseg.io.tiles import read_tile_georef  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
