@@ -31,6 +31,7 @@ from kelpseg.data.dem_shift import (
     NIR,
     RED,
     SCALE,
+    SHIFT_RADIUS,
     ShiftEstimate,
     TileMaps,
     correct_dem,
@@ -166,6 +167,12 @@ def mask_problems(maps: TileMaps, mask: np.ndarray, shift: ShiftEstimate) -> lis
     # pixels and a 1 px misregistration never count. Five such pixels, or 5 % of the label,
     # is more than a clean label can reach: its canopy grows in water only.
     on_land = int((kelp & maps.visible & maps.land & erode(dem_land, 1)).sum())
+    # Where the surface is hidden (opaque cloud, missing pixels) the DEM, where it has a value,
+    # is the one witness left: it counts only deeper inland than any misregistration we could
+    # have missed (the largest shift searched).
+    hidden = kelp & ~maps.visible
+    if hidden.any():
+        on_land += int((hidden & erode(dem_land, SHIFT_RADIUS)).sum())
     if on_land >= max(5, 0.05 * n):
         reasons.append("kelp_on_land")
     # The kelp signal is judged on clear water only: haze dilutes it and glint adds a flat
