@@ -63,6 +63,7 @@ floating canopy raises NIR by ~0.1 and not Red: even a sparse, half-submerged be
 MIN_SIGNAL_SHARE = 0.6  # labelled water pixels that must show it (true kelp: > 0.7)
 MIN_LABELLED = 8  # labelled clear water pixels needed to judge the kelp signal...
 SMALL_MASK, SMALL_SIGNAL_SHARE = 20, 0.2  # ...and below 20 of them, stronger evidence
+LOCAL_WATER_PX = 10  # water this close to the label (300 m) gives the local baseline
 MAX_KELP_PCT = 25.0  # canopy grows in a fringe along the coast, never over a quarter of a tile
 STRIPE_MIN_RUNS = 1.5
 STRIPE_MAX_WIDTH = 16.0
@@ -184,6 +185,12 @@ def mask_problems(maps: TileMaps, mask: np.ndarray, shift: ShiftEstimate) -> lis
         raw = maps.raw
         signal = raw[NIR].astype(np.int32) - raw[RED]  # DN; x SCALE gives reflectance
         base = float(np.median(signal[background]))
+        # Water colour varies across a tile (river plumes raise Red, shallow bottoms, haze):
+        # the canopy must stand out from the tile's open water or from the water right
+        # around it, whichever is lower, so a bed in a plume is not taken for a bare label.
+        near = background & dilate(kelp, LOCAL_WATER_PX)
+        if near.sum() >= 100:
+            base = min(base, float(np.median(signal[near])))
         share = float((signal[labelled] > base + KELP_SIGNAL / SCALE).mean())
         small = labelled.sum() < SMALL_MASK
         if share < (SMALL_SIGNAL_SHARE if small else MIN_SIGNAL_SHARE):
