@@ -8,9 +8,10 @@ of the image"; its confidence measures how much worse every clearly different sh
 more away) fits, per coastline pixel.
 
 The spectral land map is used wherever the surface can be seen: not missing, not saturated,
-and either clear in the QA band or, under a QA flag, not opaque by the haze-optimized
-transform (a cloud mask also flags bright sand, surf, glint and thin haze, and those pixels
-still show which side of the coast they are on).
+and either clear in the QA band or, under a QA flag, not opaque (a cloud mask also flags bright
+sand, surf, glint and thin haze, and those pixels still show which side of the coast they are
+on). Missing pixels are -32768 in every band, the DEM included: they are holes, compared on
+neither side, so no shift gains or loses by moving pixels onto them.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ class TileMaps:
         raw: The ``(7, H, W)`` int16 tile.
         valid: Clear (QA 0), no band missing, no band saturated.
         visible: The surface can be seen: no band missing or saturated, and QA 0 or, under a
-            QA flag, not opaque (haze-optimized transform below :data:`HOT_OPAQUE_DN`).
+            QA flag, not opaque (opaque: haze-optimized transform above
+            :data:`HOT_OPAQUE_DN` and SWIR1 above :data:`CLOUD_SWIR_DN`).
         missing: A reflectance band is -32768.
         saturated: A reflectance band is at the int16 maximum.
         bad: QA != 0 or a band missing.
