@@ -260,3 +260,37 @@ def test_false_alarms_on_clean_training_tiles_at_most_1pct(generated) -> None:
     assert len(flagged) <= 0.01 * len(clean), flagged
     corrupted = [(r, f) for t, r, f in generated if r.truth["mask_corrupted"] and r.mask.any()]
     assert corrupted and all(f["mask_suspect"] for _, f in corrupted)
+
+
+def _dn(*rho: float) -> np.ndarray:
+    """Reflectances (SWIR1, NIR, Red, Green, Blue) as C2 L2 digital numbers."""
+    return ((np.array(rho) + 0.2) / ds.SCALE).astype(np.int16)
+
+
+def test_labels_under_opaque_cloud_are_judged_by_the_dem_alone_deep_inland() -> None:
+    """Under opaque cloud only the DEM can speak: a label 20 px inside its land is kelp on land,
+    a label over the sea is not judged. Fails on the original code (both flagged
+    ``kelp_on_cloud_or_nodata``, neither ``kelp_on_land``)."""
+    raw = np.empty((7, 128, 128), np.int16)
+    raw[:5] = _dn(0.002, 0.008, 0.02, 0.042, 0.046)[:, None, None]  # sea
+    raw[:5, :, :64] = _dn(0.19, 0.28, 0.045, 0.075, 0.04)[:, None, None]  # vegetated land
+    raw[5] = 0
+    raw[6] = -32768
+    raw[6][:, :64] = 50
+    raw[6][:, 64:72] = 0
+    cloud = np.zeros((128, 128), bool)
+    cloud[30:90, 10:110] = True
+    raw[:5, cloud] = _dn(0.3, 0.44, 0.44, 0.45, 0.46)[:, None]
+    raw[5][cloud] = 1
+    maps = q.tile_maps(raw)
+    assert not maps.visible[cloud].any()  # the cloud is opaque
+    yy, xx = np.mgrid[0:128, 0:128]
+
+    def disc(y: int, x: int, r: float) -> np.ndarray:
+        return ((yy - y) ** 2 + (xx - x) ** 2 <= r * r).astype(np.uint8)
+
+    inland = disc(50, 30, 9)  # 24 px and more inside the DEM's coast
+    assert q.mask_problems(maps, inland, ds.ShiftEstimate()) == ["kelp_on_land"]
+    assert q.mask_problems(maps, disc(50, 88, 9), ds.ShiftEstimate()) == []  # over the sea
+    near = disc(50, 64, 5)  # within misregistration reach of the coast: not judged
+    assert "kelp_on_land" not in q.mask_problems(maps, near, ds.ShiftEstimate())
