@@ -9,6 +9,10 @@ the same AOIs in memory and plants problems on purpose, so the rare ones are sco
 hundreds of cases: every kind of corrupted mask on every kelp tile (and the clean mask),
 a random DEM shift on every tile with a coast (and the aligned DEM), and SLC-off stripes on
 every unstriped tile. Every miss is listed with what the truth says about the tile.
+
+Each detector's false-alarm rate (flags / negatives) is printed beside precision and recall;
+for corrupted masks, the negatives are the clean training masks. The generator's QA band has
+cloud-mask commission, and the share of clean masks with labelled kelp under QA = 1 is printed.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import pandas as pd
 from kelpseg.data import quality as q
 from kelpseg.data.stats import compute_stats
 from kelpseg.io import discover
-from kelpseg.io.tiles import NODATA
+from kelpseg.io.tiles import NODATA, QA_INDEX, read_mask, read_tile
 from kelpseg.synth import generate, plan
 from kelpseg.synth.artifacts import corrupt_mask, slc_off_stripes
 from kelpseg.synth.plan import MASK_CORRUPTIONS
@@ -32,18 +36,31 @@ from kelpseg.synth.scene import build_aoi
 
 
 def score(name: str, truth: pd.Series, pred: pd.Series) -> dict[str, object]:
-    """Precision and recall of boolean predictions."""
+    """Precision, recall and false-alarm rate (FP / negatives) of boolean predictions."""
     t, p = truth.astype(bool).to_numpy(), pred.astype(bool).to_numpy()
     tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
+    negatives = int((~t).sum())
     return {
         "detector": name,
         "positives": int(t.sum()),
+        "negatives": negatives,
         "TP": tp,
         "FP": fp,
         "FN": fn,
         "precision": round(tp / (tp + fp), 3) if tp + fp else float("nan"),
         "recall": round(tp / (tp + fn), 3) if tp + fn else float("nan"),
+        "false_alarms": round(fp / negatives, 4) if negatives else float("nan"),
     }
+
+
+def commission_line(df: pd.DataFrame) -> str:
+    """How hard the QA band is: clean training masks with labelled kelp under a QA flag."""
+    clean = df[(df["split"] == "train") & ~df["mask_corrupted"] & (df["kelp_pixels_t"] > 0)]
+    under = clean["kelp_under_qa"] > 0
+    return (
+        f"clean training masks with kelp: {len(clean)}, with labelled kelp under QA = 1: "
+        f"{int(under.sum())} ({100 * under.mean():.0f} %)"
+    )
 
 
 def dataset(work: Path, aois: int, size: int, seed: int) -> Path:
@@ -56,8 +73,15 @@ def dataset(work: Path, aois: int, size: int, seed: int) -> Path:
 
 def natural(root: Path) -> None:
     """Detectors on the generated set, as ``kelpseg stats`` computes them."""
-    res = compute_stats(discover(root), size=None)
+    refs = discover(root)
+    res = compute_stats(refs, size=None)
     truth = pd.read_csv(root.parent / "data_truth" / "truth.csv", dtype={"tile_id": str})
+    under = {
+        r.tile_id: int(((read_tile(r.image)[QA_INDEX] == 1) & (read_mask(r.mask) == 1)).sum())
+        for r in refs
+        if r.mask is not None
+    }
+    truth["kelp_under_qa"] = truth["tile_id"].map(under).fillna(0)
     df = res.tiles.merge(truth, on="tile_id", suffixes=("", "_t"))
     train = df[df["split"] == "train"]
     t_shift = np.maximum(df["dem_shift_x_t"].abs(), df["dem_shift_y_t"].abs()) >= 2
@@ -79,6 +103,12 @@ def natural(root: Path) -> None:
     print(f"\n== generated set: {len(df)} tiles ({len(train)} train), {root}")
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"DEM shift exact (dx, dy) on detected shifts: {exact[e_shift].mean():.3f}")
+    print(commission_line(df))
+    flagged = train[~train["mask_corrupted"]]["mask_suspect"]
+    print(
+        f"false alarms on clean training tiles: {int(flagged.sum())} / {len(flagged)} = "
+        f"{100 * flagged.mean():.2f} %"
+    )
     cols = ["tile_id", "water_pct", "cloud_pct", "missing_pct"]
     misses = {
         "corrupted masks missed": train[train["mask_corrupted"] & ~train["mask_suspect"]][
@@ -188,7 +218,11 @@ def injected(aois: int, size: int, seed: int, shift_seed: int = 7) -> None:
         f"DEM shift exact (dx, dy) where trusted: {exact[s['trusted']].mean():.3f} "
         f"({int(s['trusted'].sum())} of {len(s)} coastal tiles trusted)"
     )
-    print(f"clean masks flagged: {m.loc[~m['corrupted'], 'flagged'].mean():.3f}")
+    clean = m.loc[~m["corrupted"], "flagged"]
+    print(
+        f"false alarms on clean masks: {int(clean.sum())} / {len(clean)} = "
+        f"{100 * clean.mean():.2f} %"
+    )
     missed = m[m["corrupted"] & ~m["flagged"]]
     if len(missed):
         print(f"-- corrupted masks missed:\n{missed.to_string(index=False)}")

@@ -268,7 +268,7 @@ def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) ->
     """Fit the NDVI rule on the training tiles; score it on the test tiles when truth is given."""
     from kelpseg.baselines.ndvi import NdviRule
     from kelpseg.data.cache import open_cache
-    from kelpseg.data.quality import correct_dem
+    from kelpseg.data.dem_shift import correct_dem
     from kelpseg.io import read_mask, read_tile
     from kelpseg.metrics import Counts
 

@@ -67,7 +67,7 @@ class PackTarget:
 
 
 def _shifted(raw: np.ndarray, shift: tuple[int, int]) -> np.ndarray:
-    from kelpseg.data.quality import shift_dem
+    from kelpseg.data.dem_shift import shift_dem
 
     if tuple(shift) != (0, 0):
         raw = raw.copy()

@@ -51,7 +51,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from tqdm.auto import tqdm
 
-from kelpseg.data.quality import shift_dem
+from kelpseg.data.dem_shift import shift_dem
 from kelpseg.io.raster import open_raster
 from kelpseg.io.tiles import DEM_INDEX, NODATA
 

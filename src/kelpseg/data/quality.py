@@ -3,16 +3,17 @@
 Every detector works on the raw int16 tile (band order SWIR1, NIR, Red, Green, Blue, QA, DEM)
 and costs a few milliseconds, so ``kelpseg stats`` keeps its throughput:
 
-- **DEM misalignment**: the land seen in the spectral bands (MNDWI < 0 on clear pixels) is
-  cross-correlated (one FFT) with the DEM's land (DEM > 0) over shifts of up to
-  :data:`SHIFT_RADIUS` px. The best shift is ``(dem_shift_x, dem_shift_y)``, in the sense "the
-  DEM's content sits this many px right / down of the image"; its confidence measures how much
-  worse every clearly different shift (2 px or more away) fits, per coastline pixel.
-- **Suspect masks** (``mask_suspect_reason`` names every reason): ``kelp_on_land`` (spectral
-  land that is also DEM land, after undoing a trusted DEM shift), ``kelp_on_cloud_or_nodata``
-  (QA != 0 or missing pixels), ``no_kelp_signal`` (most labelled clear-water pixels show no
-  NIR - Red excess over open water; glint-insensitive), ``rectangular`` (long straight
-  horizontal and vertical edges) and ``implausible_extent`` (over 25 % of the tile).
+- **DEM misalignment**: :mod:`kelpseg.data.dem_shift` (``dem_shift_x``, ``dem_shift_y``,
+  ``dem_shift_confidence``, ``dem_shifted``).
+- **Suspect masks** (``mask_suspect_reason`` names every reason). A mask is judged only on
+  positive evidence, on pixels that can be judged: a QA flag or a missing pixel under the label
+  is no evidence either way (real cloud masks flag bright sand, surf, glint, haze and buffer
+  every cloud, and the labels come from another source), so such pixels are left out, never
+  counted against the mask. Reasons: ``kelp_on_land`` (labelled pixels whose spectrum shows
+  land where the DEM, after undoing a trusted shift, also has land; under a QA flag too when
+  the pixel is not opaque), ``no_kelp_signal`` (most labelled clear-water pixels show no NIR -
+  Red excess over the tile's own open water), ``rectangular`` (long straight horizontal and
+  vertical edges: drawn, not grown) and ``implausible_extent`` (over 25 % of the tile).
 - **Striping** (Landsat-7 SLC-off): missing pixels in several thin parallel runs per line.
 - **Saturation**: any reflectance value at the int16 maximum.
 - **All land**: no DEM water pixel (heavy corruption and almost-all-water come from
@@ -21,32 +22,51 @@ and costs a few milliseconds, so ``kelpseg stats`` keeps its throughput:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import fft
 
-from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX
+from kelpseg.data.dem_shift import (
+    NIR,
+    RED,
+    SCALE,
+    SHIFT_RADIUS,
+    ShiftEstimate,
+    TileMaps,
+    correct_dem,
+    estimate_dem_shift,
+    recorded_shift,
+    shift_dem,
+    tile_maps,
+)
 
-SATURATED_DN = 32767
-SHIFT_RADIUS = 8
-SHIFT_MIN_CONFIDENCE = 0.25
-"""Confidence from which a DEM shift is trusted (reported as ``dem_shifted``, corrected)."""
-MIN_COAST_PX = 20
-KELP_SIGNAL = 0.00275  # NIR - Red reflectance above open water that counts (100 DN, ~1 sigma)
+__all__ = [  # the DEM-shift names stay importable from here for older callers
+    "FLAG_COLUMNS",
+    "QUALITY_COLUMNS",
+    "ShiftEstimate",
+    "TileMaps",
+    "correct_dem",
+    "estimate_dem_shift",
+    "flag_summary",
+    "mask_problems",
+    "quality_flags",
+    "recorded_shift",
+    "shift_dem",
+    "tile_maps",
+]
+
+KELP_SIGNAL = 0.00275
+"""NIR - Red reflectance above the tile's open water that counts as a canopy signal: 100 DN,
+a few times the sensors' noise (20-40 DN) and a fraction of what a labelled canopy adds (a
+floating canopy raises NIR by ~0.1 and not Red: even a sparse, half-submerged bed shows 0.01)."""
 MIN_SIGNAL_SHARE = 0.6  # labelled water pixels that must show it (true kelp: > 0.7)
 MIN_LABELLED = 8  # labelled clear water pixels needed to judge the kelp signal...
 SMALL_MASK, SMALL_SIGNAL_SHARE = 20, 0.2  # ...and below 20 of them, stronger evidence
-MAX_KELP_PCT = 25.0
+LOCAL_WATER_PX = 10  # water this close to the label (300 m) gives the local baseline
+MAX_KELP_PCT = 25.0  # canopy grows in a fringe along the coast, never over a quarter of a tile
 STRIPE_MIN_RUNS = 1.5
 STRIPE_MAX_WIDTH = 16.0
-SCALE = 0.0000275  # reflectance per DN (Landsat C2 L2)
-
-SWIR, NIR, RED, GREEN = 0, 1, 2, 3
 
 QUALITY_COLUMNS: tuple[str, ...] = (
     "mask_suspect", "mask_suspect_reason", "dem_shift_x", "dem_shift_y",
@@ -62,60 +82,6 @@ FLAG_COLUMNS: tuple[str, ...] = (
 
 ``high_corrupted_pixels_pct`` (the seed's name for "more than 70 % of pixels cloudy or
 missing") and ``almost_all_water`` come from :func:`kelpseg.data.stats.tile_flags`."""
-
-
-@dataclass(frozen=True)
-class ShiftEstimate:
-    """A DEM misregistration: the DEM's content sits ``dx`` px right and ``dy`` px down."""
-
-    dx: int = 0
-    dy: int = 0
-    confidence: float = 0.0
-
-    @property
-    def trusted(self) -> bool:
-        """Confident enough to act on."""
-        return self.confidence >= SHIFT_MIN_CONFIDENCE
-
-
-@dataclass(frozen=True)
-class TileMaps:
-    """Boolean pixel maps of one tile shared by the detectors.
-
-    Attributes:
-        raw: The ``(7, H, W)`` int16 tile.
-        valid: Clear (QA 0), no band missing, no band saturated.
-        missing: A reflectance band is -32768.
-        saturated: A reflectance band is at the int16 maximum.
-        bad: QA != 0 or a band missing.
-        land: Spectral land, MNDWI < 0 (Green < SWIR1; the reflectance offset cancels).
-        dem_land: DEM > 0.
-    """
-
-    raw: np.ndarray
-    valid: np.ndarray
-    missing: np.ndarray
-    saturated: np.ndarray
-    bad: np.ndarray
-    land: np.ndarray
-    dem_land: np.ndarray
-
-
-def tile_maps(raw: np.ndarray) -> TileMaps:
-    """The pixel maps of a raw ``(7, H, W)`` int16 tile."""
-    spec = raw[:5]
-    missing = spec.min(axis=0) == NODATA
-    saturated = spec.max(axis=0) == SATURATED_DN
-    bad = (raw[QA_INDEX] != 0) | missing
-    return TileMaps(
-        raw=raw,
-        valid=~bad & ~saturated,
-        missing=missing,
-        saturated=saturated,
-        bad=bad,
-        land=raw[GREEN] < raw[SWIR],
-        dem_land=raw[DEM_INDEX] > 0,
-    )
 
 
 def dilate(m: np.ndarray, r: int) -> np.ndarray:
@@ -138,118 +104,6 @@ def dilate(m: np.ndarray, r: int) -> np.ndarray:
 def erode(m: np.ndarray, r: int) -> np.ndarray:
     """Binary erosion by a ``(2r+1)`` square (outside counts as True)."""
     return ~dilate(~m, r)
-
-
-def boundary(m: np.ndarray) -> np.ndarray:
-    """Pixels with a 4-neighbour of the other value (both sides of every edge)."""
-    out = np.zeros_like(m)
-    d = m[1:] != m[:-1]
-    out[1:] |= d
-    out[:-1] |= d
-    d = m[:, 1:] != m[:, :-1]
-    out[:, 1:] |= d
-    out[:, :-1] |= d
-    return out
-
-
-def _correlate(a: np.ndarray, b: np.ndarray, radius: int) -> np.ndarray:
-    """``c[dy, dx] = sum_p a(p) b(p + (dy, dx))`` for shifts within ``radius`` (FFT)."""
-    h, w = a.shape
-    n = (fft.next_fast_len(h + radius, real=True), fft.next_fast_len(w + radius, real=True))
-    c = fft.irfft2(np.conj(fft.rfft2(a, n)) * fft.rfft2(b, n), n)
-    idx = np.arange(-radius, radius + 1)
-    return c[np.ix_(idx % n[0], idx % n[1])]
-
-
-@cache
-def _far(radius: int) -> np.ndarray:
-    """``far[i, j, y, x]``: shift ``(y, x)`` is 2 px or more from shift ``(i, j)``."""
-    k = np.arange(2 * radius + 1)
-    dy = np.abs(k[:, None, None, None] - k[None, None, :, None])
-    dx = np.abs(k[None, :, None, None] - k[None, None, None, :])
-    return np.maximum(dy, dx) >= 2
-
-
-def estimate_dem_shift(maps: TileMaps, radius: int = SHIFT_RADIUS) -> ShiftEstimate:
-    """Estimate the DEM's misregistration against the coastline seen in the image.
-
-    Args:
-        maps: The tile's pixel maps.
-        radius: Largest shift searched, in px.
-
-    Returns:
-        The best shift and its confidence in [0, 1]: 0 when the tile shows no usable coast
-        (no land, no water, or the coast hidden by clouds), about 1 when every shift 2 px or
-        more away disagrees on one more pixel per coastline pixel.
-    """
-    h, w = maps.valid.shape
-    if min(h, w) <= 4 * radius:
-        return ShiftEstimate()
-    dem = maps.dem_land
-    use = maps.valid.copy()
-    use[:radius] = use[-radius:] = False
-    use[:, :radius] = use[:, -radius:] = False
-    n_coast = int(np.count_nonzero(boundary(dem) & use))
-    n_land = int(np.count_nonzero(maps.land & use))
-    if n_coast < MIN_COAST_PX or n_land == 0 or n_land == int(np.count_nonzero(use)):
-        return ShiftEstimate()
-    a = ((maps.land.view(np.int8) * np.int8(2) - np.int8(1)) * use).astype(np.float32)
-    b = (dem.view(np.int8) * np.int8(2) - np.int8(1)).astype(np.float32)
-    disagree = -_correlate(a, b, radius)  # disagreeing pixels, up to a constant, x2
-    iy, ix = np.unravel_index(int(np.argmin(disagree)), disagree.shape)
-    margin = (disagree[_far(radius)[iy, ix]].min() - disagree[iy, ix]) / (2.0 * n_coast)
-    return ShiftEstimate(int(ix - radius), int(iy - radius), float(np.clip(margin, 0, 1)))
-
-
-def shift_dem(dem: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """Undo a DEM shift: move the content ``dx`` px left and ``dy`` px up, edges repeated.
-
-    Args:
-        dem: ``(..., H, W)`` DEM (any dtype).
-        dx: Estimated shift to the right, as in ``dem_shift_x``.
-        dy: Estimated shift down, as in ``dem_shift_y``.
-
-    Returns:
-        The realigned DEM, same shape and dtype.
-    """
-    if dx == 0 and dy == 0:
-        return dem
-    h, w = dem.shape[-2:]
-    rows = np.clip(np.arange(h) + dy, 0, h - 1)
-    cols = np.clip(np.arange(w) + dx, 0, w - 1)
-    return dem[..., rows[:, None], cols[None, :]]
-
-
-def correct_dem(raw: np.ndarray, estimate: ShiftEstimate | None = None) -> np.ndarray:
-    """A raw tile with its DEM band realigned (a copy), or ``raw`` itself when not needed.
-
-    Args:
-        raw: ``(7, H, W)`` int16 tile.
-        estimate: A known shift; estimated from the tile when None. Untrusted estimates
-            (confidence below :data:`SHIFT_MIN_CONFIDENCE`) leave the tile unchanged.
-    """
-    est = estimate if estimate is not None else estimate_dem_shift(tile_maps(raw))
-    if not est.trusted or (est.dx == 0 and est.dy == 0):
-        return raw
-    out = raw.copy()
-    out[DEM_INDEX] = shift_dem(raw[DEM_INDEX], est.dx, est.dy)
-    return out
-
-
-def recorded_shift(row: Mapping[str, object]) -> ShiftEstimate:
-    """The DEM shift ``kelpseg stats`` recorded for a tile (a ``tile_stats.csv`` row).
-
-    For the training cache and other readers of raw tiles:
-    ``correct_dem(raw, recorded_shift(row))`` realigns the DEM when the shift is trusted.
-    """
-
-    def num(key: str) -> float:
-        v = row.get(key, 0)
-        return 0.0 if v is None or pd.isna(v) else float(v)
-
-    return ShiftEstimate(
-        int(num("dem_shift_x")), int(num("dem_shift_y")), num("dem_shift_confidence")
-    )
 
 
 def line_runs(m: np.ndarray) -> tuple[int, np.ndarray]:
@@ -309,12 +163,21 @@ def mask_problems(maps: TileMaps, mask: np.ndarray, shift: ShiftEstimate) -> lis
     dem_land = maps.dem_land
     if shift.trusted:
         dem_land = shift_dem(dem_land, shift.dx, shift.dy)
-    on_land = int((kelp & maps.valid & maps.land & erode(dem_land, 1)).sum())
+    # Land by both witnesses: the spectrum (also under a QA flag the surface shows through:
+    # cloud never reads as land, MNDWI > 0) and the DEM, eroded by 1 px so that mixed shore
+    # pixels and a 1 px misregistration never count. Five such pixels, or 5 % of the label,
+    # is more than a clean label can reach: its canopy grows in water only.
+    on_land = int((kelp & maps.visible & maps.land & erode(dem_land, 1)).sum())
+    # Where the surface is hidden (opaque cloud, missing pixels) the DEM, where it has a value,
+    # is the one witness left: it counts only deeper inland than any misregistration we could
+    # have missed (the largest shift searched).
+    hidden = kelp & ~maps.visible
+    if hidden.any():
+        on_land += int((hidden & erode(dem_land, SHIFT_RADIUS)).sum())
     if on_land >= max(5, 0.05 * n):
         reasons.append("kelp_on_land")
-    on_bad = int((kelp & maps.bad).sum())
-    if on_bad >= max(10, 0.1 * n):
-        reasons.append("kelp_on_cloud_or_nodata")
+    # The kelp signal is judged on clear water only: haze dilutes it and glint adds a flat
+    # brightness, so a flagged pixel without the signal is no evidence.
     water = maps.valid & ~maps.land & ~dem_land
     labelled = kelp & water
     background = water & ~dilate(kelp, 2)
@@ -322,11 +185,17 @@ def mask_problems(maps: TileMaps, mask: np.ndarray, shift: ShiftEstimate) -> lis
         raw = maps.raw
         signal = raw[NIR].astype(np.int32) - raw[RED]  # DN; x SCALE gives reflectance
         base = float(np.median(signal[background]))
+        # Water colour varies across a tile (river plumes raise Red, shallow bottoms, haze):
+        # the canopy must stand out from the tile's open water or from the water right
+        # around it, whichever is lower, so a bed in a plume is not taken for a bare label.
+        near = background & dilate(kelp, LOCAL_WATER_PX)
+        if near.sum() >= 100:
+            base = min(base, float(np.median(signal[near])))
         share = float((signal[labelled] > base + KELP_SIGNAL / SCALE).mean())
         small = labelled.sum() < SMALL_MASK
         if share < (SMALL_SIGNAL_SHARE if small else MIN_SIGNAL_SHARE):
             reasons.append("no_kelp_signal")
-    if is_rectangular(kelp):
+    if is_rectangular(kelp):  # the label's shape is evidence wherever it lies
         reasons.append("rectangular")
     if 100.0 * n / kelp.size > MAX_KELP_PCT:
         reasons.append("implausible_extent")

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from kelpseg.data.quality import correct_dem  # noqa: E402
+from kelpseg.data.dem_shift import correct_dem  # noqa: E402
 from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
 from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids  # noqa: E402
 from kelpseg.io.plausibility import check_band_order  # noqa: E402

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from kelpseg.synth import spectra as sp
 from kelpseg.synth.artifacts import corrupt_mask, saturate, scene_edge, slc_off_stripes
@@ -31,8 +32,9 @@ class Clouds:
 class Rendered:
     """A rendered tile: the 7-band image, the written and true masks, and truth fields.
 
-    ``layers`` holds the boolean ground-truth layers behind the image: ``land``, ``cloud``,
-    ``stripes`` and ``scene_edge``.
+    ``layers`` holds the boolean ground-truth layers behind the image: ``land``, ``cloud``
+    (opaque), ``qa_commission`` (clear pixels the QA band flags as cloud), ``stripes`` and
+    ``scene_edge``.
     """
 
     image: np.ndarray
@@ -135,6 +137,44 @@ def clouds(rng: np.random.Generator, scene: AoiScene, cover: float) -> Clouds | 
     return Clouds(thick_t, scene.crop(haze).astype(np.float32), shadow & ~thick_t, rho)
 
 
+def qa_commission(
+    rng: np.random.Generator, rho: np.ndarray, water: np.ndarray, thick: np.ndarray
+) -> np.ndarray:
+    """Clear pixels that the date's QA cloud mask flags anyway (commission).
+
+    Real cloud masks (CFMask and the like) flag what they cannot tell from cloud, and the kelp
+    labels come from another source, so labelled kelp under QA = 1 is common:
+
+    - a brightness test with a threshold of the date, one over water and one over land (as
+      CFMask runs separate water and land tests), flags thin haze in part, sun glint, surf,
+      turbid plumes and bright sand or soil;
+    - the cloud mask is buffered by 0-4 px (Landsat's "dilated cloud");
+    - on some dates a few small false blobs appear anywhere (roofs, bright boats, noise).
+
+    Args:
+        rng: The date's generator for the QA band.
+        rho: ``(5, H, W)`` reflectance as seen (haze, glint, surf, clouds included).
+        water: True water pixels.
+        thick: Opaque cloud.
+
+    Returns:
+        Flagged pixels that are not opaque cloud.
+    """
+    vis = rho[2:5].mean(axis=0)  # Red, Green, Blue: clear water ~0.04, sand ~0.29, cloud ~0.45
+    t_water, t_land = rng.uniform(0.05, 0.2), rng.uniform(0.22, 0.45)
+    flagged = thick | np.where(water, vis > t_water, vis > t_land)
+    buffer = int(rng.integers(0, 5))
+    if buffer and flagged.any():
+        flagged = ndimage.binary_dilation(flagged, iterations=buffer)
+    if rng.random() < 0.2:
+        s = thick.shape[0]
+        yy, xx = np.ogrid[0:s, 0:s]
+        for _ in range(int(rng.integers(1, 5))):
+            cy, cx = rng.uniform(0, s, 2)
+            flagged |= (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.uniform(1.5, 5) ** 2
+    return flagged & ~thick
+
+
 def _to_dn(rng: np.random.Generator, rho: np.ndarray, sensor: str) -> np.ndarray:
     gain = 1 + 0.03 * rng.standard_normal(5).astype(np.float32)
     offset = 0.003 * rng.standard_normal(5).astype(np.float32)
@@ -185,6 +225,8 @@ def render_tile(rng: np.random.Generator, scene: AoiScene, tile: TilePlan) -> Re
     image = np.empty((7, s, s), np.int16)
     image[:5] = dn
     image[5] = (thick | stripes).astype(np.int16)
+    commission = qa_commission(rng.spawn(1)[0], rho, ~is_land, thick) & ~missing
+    image[5][commission] = 1  # a draw of its own: the other bands are as without it
     image[5][edge] = sp.NODATA  # outside the footprint the QA band is missing too
     dx, dy = tile.dem_shift
     image[6] = scene.crop(scene.dem, dx, dy)
@@ -195,7 +237,7 @@ def render_tile(rng: np.random.Generator, scene: AoiScene, tile: TilePlan) -> Re
     if tile.mask_corruption:
         mask, corruption = corrupt_mask(rng, tile.mask_corruption, true_mask, is_land)
     water_pct = 100.0 * float((~is_land).mean())
-    bad = thick | missing
+    bad = thick | commission | missing  # what the QA band says is cloudy or missing
     truth = {
         "water_pct": round(water_pct, 3),
         "cloud_pct": round(100.0 * float(thick.mean()), 3),
@@ -212,5 +254,11 @@ def render_tile(rng: np.random.Generator, scene: AoiScene, tile: TilePlan) -> Re
         "kelp_pixels": int(mask.sum()),
         "true_kelp_pixels": int(true_mask.sum()),
     }
-    layers = {"land": is_land, "cloud": thick, "stripes": stripes, "scene_edge": edge}
+    layers = {
+        "land": is_land,
+        "cloud": thick,
+        "qa_commission": commission,
+        "stripes": stripes,
+        "scene_edge": edge,
+    }
     return Rendered(image=image, mask=mask, true_mask=true_mask, truth=truth, layers=layers)
