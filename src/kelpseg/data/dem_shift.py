@@ -78,8 +78,11 @@ def tile_maps(raw: np.ndarray) -> TileMaps:
     saturated = spec.max(axis=0) == SATURATED_DN
     flagged = raw[QA_INDEX] != 0
     usable = ~missing & ~saturated
-    hot = raw[BLUE].astype(np.float32) - 0.5 * raw[RED].astype(np.float32)
-    opaque = flagged & (hot > HOT_OPAQUE_DN) & (raw[SWIR] > CLOUD_SWIR_DN)
+    opaque = np.zeros_like(flagged)
+    if flagged.any():  # the tests only where the QA band flags something
+        blue, red = raw[BLUE][flagged].astype(np.int32), raw[RED][flagged]
+        hot = 2 * blue - red > 2 * HOT_OPAQUE_DN  # Blue - 0.5 Red, in integers
+        opaque[flagged] = hot & (raw[SWIR][flagged] > CLOUD_SWIR_DN)
     return TileMaps(
         raw=raw,
         valid=usable & ~flagged,
