@@ -90,7 +90,7 @@ def test_groups_reuses_matching_stats_and_recomputes_stale_ones(
 
 
 def test_exclude_leaves_tiles_in_validation(synth_data, tmp_path: Path) -> None:
-    from kelpseg.train import fit
+    from kelpseg.data.datamodule import fold_tiles
 
     cfg = load_config("tiny", ["data.exclude=[mask_suspect, high_corrupted_pixels_pct]"])
     prep = prepare(synth_data.root, cfg, tmp_path)
@@ -99,23 +99,9 @@ def test_exclude_leaves_tiles_in_validation(synth_data, tmp_path: Path) -> None:
     splits = pd.read_csv(tmp_path / "splits.csv", dtype={"tile_id": str})
     assert set(excluded["tile_id"]) <= set(splits["tile_id"])
 
-    seen: dict[str, pd.DataFrame] = {}
-
-    class Stop(Exception):
-        pass
-
-    def loaders(cfg, packed, train_tiles, val_tiles, fold):
-        seen.update(train=train_tiles, val=val_tiles)
-        raise Stop
-
     fold = int(excluded["fold"].iloc[0])
-    with (
-        mock.patch.object(fit, "loaders", loaders),
-        mock.patch.object(fit, "KelpSegModule"),
-        mock.patch.object(fit, "sample_pixels"),
-        pytest.raises(Stop),
-    ):
-        fit.train_fold(cfg, prep.train, mock.MagicMock(), fold, tmp_path)
+    train_tiles, val_tiles = fold_tiles(prep.train, fold)  # what train_fold's DataModule uses
+    seen = {"train": train_tiles, "val": val_tiles}
     assert not seen["train"]["excluded"].any()  # never trained on
     in_val = excluded.loc[excluded["fold"] == fold, "tile_id"]
     assert set(in_val) <= set(seen["val"]["tile_id"])  # still validated
