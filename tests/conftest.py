@@ -9,10 +9,11 @@ import pytest
 SIZE = 64
 # the end-to-end run's overrides of `tiny`: enough steps for the network to learn
 RUN_SETS = [
-    "train.max_epochs=2",
-    "train.samples_per_epoch=256",
+    "train.max_epochs=5",
+    "train.samples_per_epoch=512",
     "train.batch_size=16",
     "train.lr=3e-3",
+    "train.loss.bce=0.5",
 ]
 
 
@@ -22,7 +23,7 @@ def synth_data(tmp_path_factory: pytest.TempPathFactory):
     from kelpseg.synth import generate
 
     root = tmp_path_factory.mktemp("synth") / "data"
-    return generate(root, aois=10, seed=3, size=SIZE)
+    return generate(root, aois=20, seed=3, size=SIZE)
 
 
 @pytest.fixture(scope="session")

@@ -127,3 +127,21 @@ def test_cpu_chunking_does_not_change_the_features(normalize: str) -> None:
     fb = FeatureBuilder.from_config(cfg)
     fb.fit_bounds(raw)
     assert torch.equal(fb(raw), fb._features(raw))  # forward goes 2 samples at a time on a CPU
+
+
+def test_cloud_masking_is_separate_from_land_masking() -> None:
+    """Real QA flags clear pixels too (labelled kelp lies under them): land masking leaves
+    QA-flagged water alone; mask_cloud (the 2nd-place code's extra step) masks it."""
+    raw = _raw(np.random.default_rng(4))
+    raw[:, 6] = 0
+    raw[:, 6, :, :4] = 30  # land on the left
+    raw[:, 5] = 0
+    raw[:, 5, :4, 8:] = 1  # a QA flag over water
+    land_only = FeatureBuilder(["NDVI"], mask_land=True).raw_features(raw)[:, -1]
+    assert torch.isnan(land_only[:, :, :4]).all() and torch.isfinite(land_only[:, :, 4:]).all()
+    both = FeatureBuilder(["NDVI"], mask_land=True, mask_cloud=True).raw_features(raw)[:, -1]
+    assert torch.isnan(both[:, :4, 8:]).all() and torch.isfinite(both[:, 4:, 4:]).all()
+    from kelpseg.config import FeaturesConfig
+
+    cfg = FeaturesConfig(indices=["NDVI"], mask_land=True, mask_cloud=True)
+    assert FeatureBuilder.from_config(cfg).mask_cloud

@@ -50,8 +50,13 @@ def test_groups_recover_the_generated_aois(synth_data) -> None:
     aligned = (truth["dem_shift_x"] == 0) & (truth["dem_shift_y"] == 0)
     seen = aligned.to_numpy() & ~groups["featureless"].to_numpy()
     assert seen.sum() >= 10
+    # no true AOI is split (a split could straddle folds); on 64 px tiles an 8 x 8 grid can
+    # join two similar coasts, the safe direction, so the ARI bound is looser than the
+    # bench's 350 px figure (bench/groups.py)
+    split = pd.DataFrame({"true": truth["aoi"][seen], "aoi": groups["aoi"][seen].to_numpy()})
+    assert (split.groupby("true")["aoi"].nunique() == 1).all()
     ari = adjusted_rand_score(truth["aoi"][seen], groups["aoi"][seen])
-    assert ari >= 0.95, ari
+    assert ari >= 0.85, ari
 
 
 def test_folds_never_share_an_aoi(run_out, synth_data) -> None:
@@ -115,7 +120,10 @@ def test_mlflow_run_reads_back(trained) -> None:
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["model.encoder"] == "resnet18"
-    assert run.data.params["train.max_epochs"] == "2"
+    from tests.conftest import RUN_SETS
+
+    epochs = load_config("tiny", RUN_SETS).train.max_epochs
+    assert run.data.params["train.max_epochs"] == str(epochs)
     history = client.get_metric_history(run.info.run_id, "val/dice")
     assert len(history) == 2  # one value per epoch
     for key in ("val/iou", "val/precision", "val/recall", "train/loss_epoch", "best/val_dice"):

@@ -111,9 +111,9 @@ def test_resume_with_a_changed_config_refuses(synth_data, trained) -> None:
     from kelpseg.pipeline import run_training
     from tests.conftest import RUN_SETS
 
-    cfg = load_config("tiny", [*RUN_SETS, "train.max_epochs=3", "train.resume=true"])
+    cfg = load_config("tiny", [*RUN_SETS, "train.max_epochs=6", "train.resume=true"])
     prep = prepare(synth_data.root, cfg, trained.out)
-    with pytest.raises(ValueError, match=r"another config \(train.max_epochs 2 -> 3\)"):
+    with pytest.raises(ValueError, match=r"another config \(train.max_epochs 5 -> 6\)"):
         run_training(prep, cfg, trained.out)
 
 

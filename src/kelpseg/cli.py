@@ -370,7 +370,8 @@ def indices(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output GeoTIFF (float32).")],
     units: Annotated[str, typer.Option(help="dn (as the 2nd-place code) or reflectance.")] = "dn",
-    mask_land: Annotated[bool, typer.Option(help="NaN where QA != 0 or DEM > 0.")] = False,
+    mask_land: Annotated[bool, typer.Option(help="NaN where DEM > 0 (land).")] = False,
+    mask_cloud: Annotated[bool, typer.Option(help="NaN where QA != 0.")] = False,
     fill: Annotated[
         bool, typer.Option(help="NaN/-inf -> band minimum, +inf -> maximum (as the network).")
     ] = False,
@@ -384,7 +385,9 @@ def indices(
         _fail(ValueError(f"--units must be dn or reflectance, not {units!r}"))
     chosen = [n.strip() for n in names.split(",") if n.strip()]
     try:
-        path = write_indices(tile, chosen, out, units=units, mask_land=mask_land, fill=fill)
+        path = write_indices(
+            tile, chosen, out, units=units, mask_land=mask_land, fill=fill, mask_cloud=mask_cloud
+        )
     except (UnknownIndexError, TileError) as err:
         _fail(err)
     typer.echo(f"{len(chosen)} indices ({units}) -> {path}")

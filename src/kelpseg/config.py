@@ -87,7 +87,12 @@ class FeaturesConfig(_Section):
         description="Names from the 17-index table, or any spyndex index (`spyndex:NAME`).",
     )
     units: Literal["dn", "reflectance"] = "dn"
-    mask_land: bool = Field(False, description="Mask indices where QA != 0 or DEMWM != 0.")
+    mask_land: bool = Field(False, description="Mask indices (NaN, then filled) on DEM land.")
+    mask_cloud: bool = Field(
+        False,
+        description="Also mask indices where QA != 0 (the 2nd-place code masked both; real QA "
+        "flags clear pixels too, hiding the kelp labelled under them).",
+    )
     fill: Literal["min"] | float = Field(
         "min",
         description="Missing pixels: `min` = the sample's channel minimum before normalization, "

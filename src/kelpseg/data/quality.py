@@ -40,6 +40,7 @@ from kelpseg.data.dem_shift import (
     shift_dem,
     tile_maps,
 )
+from kelpseg.io.tiles import DEM_INDEX, NODATA
 
 __all__ = [  # the DEM-shift names stay importable from here for older callers
     "FLAG_COLUMNS",
@@ -213,7 +214,8 @@ def quality_flags(raw: np.ndarray, mask: np.ndarray | None) -> dict[str, float |
     shift = estimate_dem_shift(maps)
     reasons = mask_problems(maps, mask, shift) if mask is not None else []
     sat = int(np.count_nonzero(maps.saturated))
-    water = ~maps.dem_land
+    hole = maps.missing & (maps.raw[DEM_INDEX] == NODATA)  # a gap in every band: unknown
+    water = ~maps.dem_land & ~hole
     return {
         "mask_suspect": bool(reasons),
         "mask_suspect_reason": ";".join(reasons),
@@ -224,7 +226,7 @@ def quality_flags(raw: np.ndarray, mask: np.ndarray | None) -> dict[str, float |
         "striped": is_striped(maps.missing),
         "saturated": sat > 0,
         "saturated_pixels": sat,
-        "all_land": not water.any(),
+        "all_land": bool((~hole).any()) and not water.any(),
     }
 
 

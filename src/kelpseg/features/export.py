@@ -2,7 +2,7 @@
 
 The bands are the indices in the order asked, named after them, computed in the units asked
 (``dn`` or ``reflectance``, recorded in the file's ``units`` tag) and keeping the input's CRS and
-transform. Missing pixels (and, with ``mask_land``, land and cloud) are NaN, the file's nodata,
+transform. Missing pixels (and, with ``mask_land`` / ``mask_cloud``, land / QA-flagged pixels) are NaN, the file's nodata,
 unless ``fill`` replaces non-finite values the way the network input does.
 """
 
@@ -29,9 +29,10 @@ def compute_indices(
     units: str = "dn",
     mask_land: bool = False,
     fill: bool = False,
+    mask_cloud: bool = False,
 ) -> np.ndarray:
     """``(len(names), H, W)`` float32 indices of one raw ``(7, H, W)`` int16 tile."""
-    fb = FeatureBuilder(names, units, mask_land, bands=[], normalize="none")
+    fb = FeatureBuilder(names, units, mask_land, bands=[], normalize="none", mask_cloud=mask_cloud)
     with torch.no_grad():
         feats = fb.raw_features(torch.from_numpy(np.ascontiguousarray(raw))[None])
         if fill:
@@ -46,14 +47,16 @@ def write_indices(
     units: str = "dn",
     mask_land: bool = False,
     fill: bool = False,
+    mask_cloud: bool = False,
 ) -> Path:
     """Compute ``names`` on ``tile`` and write them to ``out`` (see the module docstring)."""
     raw = read_tile(tile)
-    data = compute_indices(raw, names, units, mask_land, fill)
+    data = compute_indices(raw, names, units, mask_land, fill, mask_cloud)
     tags = {
         "units": units,
         "indices": ",".join(names),
         "mask_land": str(mask_land).lower(),
+        "mask_cloud": str(mask_cloud).lower(),
         "source": Path(tile).name,
         **{f"formula_{n.replace(':', '_')}": _formula(n) for n in names},
     }

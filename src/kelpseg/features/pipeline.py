@@ -2,7 +2,7 @@
 
 Steps, all on whole batches on the model's device: -32768 -> NaN, optional conversion to
 reflectance, the chosen bands in the chosen order followed by the spectral indices, optional
-masking of indices with QA and the water mask, then normalization (:mod:`.normalize`).
+masking of indices on land (DEM) and, optionally, under the QA flag, then normalization (:mod:`.normalize`).
 Non-finite values are replaced per sample and channel (NaN / -inf -> channel minimum, +inf ->
 maximum), or missing pixels get a fixed value in the normalized output, so the network never
 sees a non-finite value. The global statistics are buffers of the module, so they are saved
@@ -61,7 +61,9 @@ class FeatureBuilder(nn.Module):
     Args:
         indices: Index names (the 17-index table or spyndex, see :mod:`.indices`).
         units: ``"dn"`` (as the 2nd-place code) or ``"reflectance"``.
-        mask_land: Set indices to NaN where QA != 0 or DEMWM != 0 (before filling).
+        mask_land: Set indices to NaN where DEMWM != 0 (land, before filling).
+        mask_cloud: Also set them to NaN where QA != 0 (the 2nd-place code did both at once;
+            real cloud masks flag clear pixels too, so this hides kelp under false flags).
         q_low, q_high: Per-channel global bounds ``(lo, hi)``; identity until fitted.
         bands: Tile bands to keep, in order (default all seven).
         normalize: Normalization mode (:mod:`.normalize`).
@@ -84,6 +86,7 @@ class FeatureBuilder(nn.Module):
         stats_pixels: str = "valid",
         fill: str | float = "min",
         quantiles: tuple[float, float] = (0.01, 0.99),
+        mask_cloud: bool = False,
     ) -> None:
         super().__init__()
         self.indices = resolve(indices)  # formulas are looked up per call: the module pickles
@@ -94,6 +97,7 @@ class FeatureBuilder(nn.Module):
         self._band_rows = [BAND_NAMES.index(b) for b in self.bands]
         self.units = units
         self.mask_land = mask_land
+        self.mask_cloud = mask_cloud
         self.normalize = normalize
         self.stats_pixels = stats_pixels
         self.fill = fill
@@ -114,6 +118,7 @@ class FeatureBuilder(nn.Module):
             stats_pixels=f.stats_pixels,
             fill=f.fill,
             quantiles=f.quantiles,
+            mask_cloud=f.mask_cloud,
         )
 
     @property
@@ -140,7 +145,10 @@ class FeatureBuilder(nn.Module):
         bands = Bands(S=s, N=n, R=r, G=g, B=b, DEM=dem)
         land = None
         if self.mask_land:
-            land = (x[:, QA_INDEX] != 0) | (dem.nan_to_num(0.0) > 0)
+            land = dem.nan_to_num(0.0) > 0
+        if self.mask_cloud:
+            cloud = x[:, QA_INDEX] != 0
+            land = cloud if land is None else land | cloud
         for i, name in enumerate(self.indices):
             f = lookup(name)(bands)
             if land is not None and name != "DEMWM":
