@@ -11,37 +11,15 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.tiles
 
 from kelpseg.config import load_config
-from kelpseg.data.cache import PackedTiles
 from kelpseg.train.fit import train_fold
-from tests.tiles import make_tile
+from tests.tiles import packed_folds
 
 
 def main(root: Path) -> None:
-    rng = np.random.default_rng(0)
-    pairs = [make_tile(rng, kelp=i % 2 == 1) for i in range(16)]
-    ids = [f"T{i:02d}" for i in range(16)]
-    packed = PackedTiles(ids, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-    kelp = packed.masks.sum(axis=(1, 2))
-    tiles = pd.DataFrame(
-        {
-            "tile_id": ids,
-            "fold": [(i // 2) % 2 for i in range(16)],
-            "kelp_pixels": kelp,
-            "has_kelp": kelp > 0,
-            "kelp_pixels_pct": 100 * kelp / 64**2,
-            "qa_ok": True,
-            "qa_corrupted_pixels_pct": 0.0,
-            "almost_all_water": False,
-            "dem_nan_pixels_pct": 50.0,
-            "dem_zero_pixels_pct": 25.0,
-        }
-    )
+    packed, tiles = packed_folds(16)
     for epochs in (1, 3):
         out = root / f"e{epochs}"
         shutil.rmtree(out, ignore_errors=True)

@@ -35,7 +35,7 @@ from kelpseg.train.losses import LOSSES, WeightedLoss  # noqa: E402
 from kelpseg.train.model import build_model  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
 from kelpseg.train.optim import build_optimizer, build_scheduler  # noqa: E402
-from tests.tiles import make_tile  # noqa: E402
+from tests.tiles import packed_folds  # noqa: E402
 
 SMALL_NET = ["model.encoder=tu-mobilenetv3_small_050", "model.decoder_channels=[16,16,16,8,8]"]
 
@@ -46,26 +46,7 @@ SMALL_NET = ["model.encoder=tu-mobilenetv3_small_050", "model.decoder_channels=[
 @pytest.fixture(scope="module")
 def tiny() -> tuple[PackedTiles, pd.DataFrame]:
     """16 in-memory 64 px tiles in 2 folds; the odd ones carry kelp."""
-    rng = np.random.default_rng(0)
-    pairs = [make_tile(rng, kelp=i % 2 == 1) for i in range(16)]
-    ids = [f"T{i:02d}" for i in range(16)]
-    packed = PackedTiles(ids, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
-    kelp = packed.masks.sum(axis=(1, 2))
-    tiles = pd.DataFrame(
-        {
-            "tile_id": ids,
-            "fold": [(i // 2) % 2 for i in range(16)],
-            "kelp_pixels": kelp,
-            "has_kelp": kelp > 0,
-            "kelp_pixels_pct": 100 * kelp / 64**2,
-            "qa_ok": True,
-            "qa_corrupted_pixels_pct": 0.0,
-            "almost_all_water": False,
-            "dem_nan_pixels_pct": 50.0,
-            "dem_zero_pixels_pct": 25.0,
-        }
-    )
-    return packed, tiles
+    return packed_folds(16)
 
 
 def test_sampler_draws_tiles_in_proportion_to_their_weights(tiny) -> None:

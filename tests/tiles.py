@@ -31,3 +31,31 @@ def write_pair(root: Path, tile_id: str, img: np.ndarray, mask: np.ndarray | Non
     write_raster(root / "train_satellite" / f"{tile_id}_satellite.tif", img)
     if mask is not None:
         write_raster(root / "train_kelp" / f"{tile_id}_kelp.tif", mask)
+
+
+def packed_folds(n: int = 16):
+    """``n`` in-memory 64 px tiles in 2 folds (odd ones carry kelp) and their stats table."""
+    import pandas as pd
+
+    from kelpseg.data.cache import PackedTiles
+
+    rng = np.random.default_rng(0)
+    pairs = [make_tile(rng, kelp=i % 2 == 1) for i in range(n)]
+    ids = [f"T{i:02d}" for i in range(n)]
+    packed = PackedTiles(ids, np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs]))
+    kelp = packed.masks.sum(axis=(1, 2))
+    tiles = pd.DataFrame(
+        {
+            "tile_id": ids,
+            "fold": [(i // 2) % 2 for i in range(n)],
+            "kelp_pixels": kelp,
+            "has_kelp": kelp > 0,
+            "kelp_pixels_pct": 100 * kelp / 64**2,
+            "qa_ok": True,
+            "qa_corrupted_pixels_pct": 0.0,
+            "almost_all_water": False,
+            "dem_nan_pixels_pct": 50.0,
+            "dem_zero_pixels_pct": 25.0,
+        }
+    )
+    return packed, tiles
