@@ -182,7 +182,7 @@ def groups(
         g = run_groups(refs, table, cfg, out)
     except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
-    capped = f", {capped_groups(g)} split by max_group_size" if cfg.groups.max_group_size else ""
+    capped = ", the all-water group cut by max_group_size" if capped_groups(g) else ""
     typer.echo(f"{len(g)} tiles in {g['aoi'].nunique()} AOI groups{capped} -> {out / 'groups.csv'}")
 
 

@@ -209,9 +209,10 @@ def _groups_section(t: Tables, examples: list[list[str]], thumbs: dict[str, str]
     capped = capped_groups(g)
     parts = [
         f"<p>{len(g)} training tiles in {len(sizes)} AOI groups; largest {sizes.max()} tiles, "
-        f"{int((sizes == 1).sum())} single-tile groups. {featureless} tiles have no land in "
-        f"their DEM and share one all-water group. {capped} giant group(s) split by "
-        "<code>groups.max_group_size</code>.</p>",
+        f"{int((sizes == 1).sum())} single-tile groups. {featureless} tiles show no coast in "
+        "the known part of their DEM and share one all-water group"
+        + (", cut into chunks by <code>groups.max_group_size</code>" if capped else "")
+        + ".</p>",
         _img("img/group_sizes.png", "group sizes", "fig"),
         "<h3>Largest groups, side by side</h3>"
         '<p class="muted">False colour with the DEM coastline (orange) and the mask outline '
