@@ -318,6 +318,27 @@ def evaluate(
 
 
 @app.command()
+def submit(
+    pred: Annotated[Path, typer.Argument(help="Folder of predicted {id}_kelp.tif masks.")],
+    tiles: Annotated[
+        Path, typer.Option("--tiles", help="Folder of the test tiles ({id}_satellite.tif).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .tar to write.")] = Path(
+        "submission.tar"
+    ),
+) -> None:
+    """Competition submission: a .tar of one 0/1 uint8 mask per test tile. (kelpseg.infer.submit)"""
+    from kelpseg.infer.submit import SubmissionError, build_submission
+
+    try:
+        sub = build_submission(pred, tiles, out)
+    except (SubmissionError, FileNotFoundError) as err:
+        _fail(err)
+    extra = f" ({sub.nodata_pixels} nodata pixels written as 0)" if sub.nodata_pixels else ""
+    typer.echo(f"{sub.tiles} masks -> {sub.path}{extra}")
+
+
+@app.command()
 def run(
     data: Annotated[Path, typer.Argument(help="Dataset folder in the competition layout.")],
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),

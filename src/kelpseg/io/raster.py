@@ -70,7 +70,7 @@ def _current_umask() -> int:
     return mask
 
 
-def _temp_beside(path: Path) -> Path:
+def temp_beside(path: Path) -> Path:
     """A new empty temporary file in ``path``'s folder, with the mode a new file would get.
 
     ``mkstemp`` creates files 0600 whatever the umask; the final file must get
@@ -132,7 +132,7 @@ def write_raster(
         profile["transform"] = georef.transform
     if nodata is not None:
         profile["nodata"] = nodata
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -153,7 +153,7 @@ def write_raster(
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically; the temporary file is removed if the write fails."""
     path = Path(path)
-    tmp = _temp_beside(path)
+    tmp = temp_beside(path)
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
