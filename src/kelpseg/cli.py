@@ -318,6 +318,30 @@ def evaluate(
 
 
 @app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A .ckpt from `kelpseg train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write.")] = Path(
+        "model.onnx"
+    ),
+    tile_size: Annotated[
+        int | None,
+        typer.Option(help="Tile side (px) the model takes; default: the config's or 350."),
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset (>= 17).")] = 17,
+) -> None:
+    """Checkpoint -> ONNX model taking the raw int16 tiles (N, 7, H, W) and returning the kelp
+    probability (N, H, W), features and padding inside the graph. (kelpseg.infer.onnx_export)"""
+    from kelpseg.infer.onnx_export import ExportError, export_onnx
+    from kelpseg.infer.predict import CheckpointError
+
+    try:
+        path = export_onnx(checkpoint, out, tile_size=tile_size, opset=opset)
+    except (CheckpointError, ExportError, OSError) as err:
+        _fail(err)
+    typer.echo(f"{checkpoint} -> {path}")
+
+
+@app.command()
 def submit(
     pred: Annotated[Path, typer.Argument(help="Folder of predicted {id}_kelp.tif masks.")],
     tiles: Annotated[

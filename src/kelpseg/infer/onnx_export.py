@@ -1,0 +1,342 @@
+"""ONNX deployment (``kelpseg export``, ``predict --backend onnx``): raw tiles in, no PyTorch.
+
+The exported graph holds the whole inference path of a checkpoint: the raw int16 tile batch
+``(N, 7, H, W)`` -> missing values, spectral indices, land/cloud masking, filling,
+normalization, padding to the encoder's multiple, the network, cropping back and the sigmoid
+-> kelp probability ``(N, H, W)``. The batch size is dynamic; the tile side is fixed at export
+(350 px by default). The config (JSON), threshold, batch size and tile size are stored in the
+file's ``metadata_props``, so :class:`OnnxModel` needs nothing else. Per-sample quantile
+normalization (``sample_quantile``) has no ONNX operator and is refused at export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kelpseg.io.tiles import MASK_NODATA
+
+OPSET = 17
+META_CONFIG = "kelpseg_config"
+META_THRESHOLD = "threshold"
+META_BATCH = "batch_size"
+META_TILE = "tile_size"
+INPUT_NAME = "raw"
+OUTPUT_NAME = "proba"
+UNSUPPORTED_NORM = ("sample_quantile",)
+
+
+class ExportError(ValueError):
+    """A checkpoint or option that cannot be exported, with the reason named."""
+
+
+def _graph_module(model: Any) -> Any:
+    """A traceable ``nn.Module``: raw int16 ``(N, 7, H, W)`` -> probability ``(N, H, W)``.
+
+    It computes exactly what :meth:`KelpSegModule.predict_proba` does, written without
+    data-dependent Python branches (every fill is computed; it is the identity when nothing is
+    missing) and without in-place channel writes, so the TorchScript tracer records it whole.
+    """
+    import torch
+    from torch import Tensor, nn
+
+    from kelpseg.features.indices import REFLECTANCE_OFFSET, REFLECTANCE_SCALE, Bands, lookup
+    from kelpseg.features.normalize import CLIPPED_MODES, GLOBAL_MODES, _ordered
+    from kelpseg.features.pipeline import pad_to_multiple, water_mask
+    from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX
+
+    feats_mod = model.features
+
+    def fill(x: Tensor) -> Tensor:  # kelpseg.features.pipeline.fill_nonfinite, branch-free
+        bad = ~torch.isfinite(x)
+        lo = x.masked_fill(bad, torch.inf).amin(dim=(-2, -1), keepdim=True)
+        hi = x.masked_fill(bad, -torch.inf).amax(dim=(-2, -1), keepdim=True)
+        lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+        hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
+        return torch.where(bad, torch.where(x > 0, hi, lo), x)
+
+    def sample_minmax(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+        # kelpseg.features.normalize.sample_bounds without a boolean Where (not in onnxruntime)
+        finite = torch.isfinite(x)
+        valid = valid & finite
+        use = valid | (finite & ~valid.any(dim=-1, keepdim=True).any(dim=-2, keepdim=True))
+        lo = torch.where(use, x, torch.inf).amin(dim=(-2, -1), keepdim=True)
+        hi = torch.where(use, x, -torch.inf).amax(dim=(-2, -1), keepdim=True)
+        return _ordered(lo, hi)
+
+    class RawToProba(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = feats_mod
+            self.net = model.net
+            self.divisor = int(model.divisor)
+
+        def raw_features(self, raw: Tensor) -> Tensor:
+            f = self.features
+            x = raw.float().masked_fill(raw == NODATA, torch.nan)
+            spectral = x[:, :5]
+            if f.units == "reflectance":
+                spectral = spectral * REFLECTANCE_SCALE + REFLECTANCE_OFFSET
+            s, n, r, g, b = spectral.unbind(1)
+            dem = x[:, DEM_INDEX]
+            chans = [spectral[:, row] if row < 5 else x[:, row] for row in f._band_rows]
+            land = None
+            if f.mask_land:
+                land = dem > 0  # NaN compares False, as nan_to_num(0) > 0
+            if f.mask_cloud:
+                cloud = x[:, QA_INDEX] != 0
+                land = cloud if land is None else land | cloud
+            bands = Bands(S=s, N=n, R=r, G=g, B=b, DEM=dem)
+            for name in f.indices:
+                v = lookup(name)(bands)
+                if land is not None and name != "DEMWM":
+                    v = v.masked_fill(land, torch.nan)
+                chans.append(v)
+            return torch.stack(chans, dim=1)
+
+        def forward(self, raw: Tensor) -> Tensor:
+            f = self.features
+            feats = self.raw_features(raw)
+            missing = torch.isnan(feats) if f.fill != "min" else None
+            lo = hi = None
+            if f.normalize in GLOBAL_MODES:
+                lo, hi = f.q_low.view(1, -1, 1, 1), f.q_high.view(1, -1, 1, 1)
+            elif f.normalize != "none":
+                valid = torch.isfinite(feats)
+                if f.stats_pixels == "water":
+                    valid = valid & water_mask(raw)
+                lo, hi = sample_minmax(feats, valid)
+            x = fill(feats)
+            if lo is not None:
+                x = (x - lo) * (1.0 / (hi - lo))
+                if f.normalize in CLIPPED_MODES:
+                    x = x.clamp(0.0, 1.0)
+            if missing is not None:
+                x = x.masked_fill(missing, float(f.fill))
+            h, w = x.shape[-2:]
+            x, _ = pad_to_multiple(x, self.divisor)
+            return torch.sigmoid(self.net(x)[..., :h, :w])[:, 0]
+
+    return RawToProba().eval()
+
+
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    tile_size: int | None = None,
+    opset: int = OPSET,
+) -> Path:
+    """Export ``checkpoint`` to ``out`` (written atomically); return the path.
+
+    Args:
+        checkpoint: A ``.ckpt`` from ``kelpseg train``.
+        out: The ``.onnx`` file to write.
+        tile_size: Tile side the graph takes; default the config's ``data.tile_size`` or 350.
+        opset: ONNX opset (>= 17).
+
+    Raises:
+        CheckpointError: an unusable checkpoint (from :func:`kelpseg.infer.predict.load_model`).
+        ExportError: a config option the graph cannot hold, or a bad tile size / opset.
+    """
+    import onnx
+    import torch
+
+    from kelpseg.infer.predict import load_model
+    from kelpseg.io.raster import temp_beside
+
+    if opset < 17:
+        raise ExportError(f"--opset must be at least 17, got {opset}")
+    model = load_model(checkpoint, device="cpu")
+    cfg = model.cfg
+    if cfg.features.normalize in UNSUPPORTED_NORM:
+        raise ExportError(
+            f"{checkpoint}: features.normalize={cfg.features.normalize} (per-sample quantiles) "
+            "has no ONNX operator; export a model trained with quantile, zscore, minmax, "
+            "sample_minmax or none"
+        )
+    size = int(tile_size or cfg.data.tile_size or 350)
+    if size < 8:
+        raise ExportError(f"--tile-size must be at least 8 px, got {size}")
+    graph = _graph_module(model)
+    dummy = torch.zeros((2, 7, size, size), dtype=torch.int16)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_beside(out)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer notes on the fixed tile side's padding
+            torch.onnx.export(
+                graph,
+                (dummy,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "N"}, OUTPUT_NAME: {0: "N"}},
+                opset_version=opset,
+                dynamo=False,
+            )
+    except Exception as err:  # the exporter raises many kinds for unsupported operators
+        tmp.unlink(missing_ok=True)
+        line = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        raise ExportError(f"{checkpoint}: cannot export to ONNX: {line}") from err
+    try:
+        proto = onnx.load(str(tmp))
+        meta = {
+            META_CONFIG: json.dumps(model.hparams["config"]),
+            META_THRESHOLD: str(float(cfg.predict.threshold)),
+            META_BATCH: str(int(cfg.predict.batch_size)),
+            META_TILE: str(size),
+            "source": Path(checkpoint).name,
+        }
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+class OnnxModel:
+    """An exported kelpseg model on onnxruntime (CPU unless another provider is given)."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: ONNX model not found")
+        try:
+            self.session = ort.InferenceSession(
+                str(self.path), providers=providers or ["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own exception types
+            line = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            raise ExportError(f"{self.path}: not a readable ONNX model: {line}") from err
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if META_CONFIG not in meta:
+            raise ExportError(f"{self.path}: not exported by `kelpseg export` (no config)")
+        self.config: dict[str, Any] = json.loads(meta[META_CONFIG])
+        self.threshold = float(meta.get(META_THRESHOLD, 0.5))
+        self.batch_size = int(meta.get(META_BATCH, 8))
+        self.tile_size = int(meta.get(META_TILE, 350))
+
+    def predict_proba(self, raw: np.ndarray) -> np.ndarray:
+        """Kelp probability ``(N, H, W)`` float32 of raw int16 tiles ``(N, 7, H, W)``."""
+        raw = np.ascontiguousarray(raw, dtype=np.int16)
+        if raw.ndim == 3:
+            return self.predict_proba(raw[None])[0]
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: raw})[0]
+
+
+@dataclass
+class OnnxPredictResult:
+    """Written masks by tile id, band-order warnings, the batch report and settings used."""
+
+    masks: dict[str, Path]
+    report: Any
+    warnings: dict[str, str]
+    threshold: float
+    batch_size: int
+
+
+def predict_tiles_onnx(
+    model_path: str | Path,
+    items: list[tuple[str, Path]],
+    out: Path,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    probabilities: bool = False,
+) -> OnnxPredictResult:
+    """:func:`kelpseg.infer.predict.predict_tiles` on an exported model (onnxruntime).
+
+    Same outputs: ``{id}_kelp.tif`` uint8 (255 nodata where the input is missing) and, when
+    asked, ``{id}_proba.tif`` float32 (NaN there), each keeping its input's georeference. A
+    tile whose side differs from the exported one is reported (naming it) and skipped.
+
+    Raises:
+        ValueError: a threshold outside [0, 1], a batch size below 1, duplicate tile ids.
+        ExportError: the file is not a kelpseg ONNX model.
+    """
+    from kelpseg.data.dem_shift import correct_dem
+    from kelpseg.io import BatchReport, TileError, write_raster
+    from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids
+    from kelpseg.io.plausibility import check_band_order
+    from kelpseg.io.tiles import missing_pixels, read_tile_georef
+
+    model = OnnxModel(model_path)
+    threshold = model.threshold if threshold is None else float(threshold)
+    batch_size = model.batch_size if batch_size is None else int(batch_size)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    dups = duplicate_ids(items)
+    if dups:
+        raise ValueError(dups)
+    res = OnnxPredictResult({}, BatchReport("predict"), {}, threshold, batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    correct = bool(model.config.get("data", {}).get("correct_dem_shift", True))
+    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        proba = model.predict_proba(np.stack([p[2] for p in pending]))
+        for (tile_id, path, _, missing, georef), p in zip(pending, proba, strict=True):
+            mask = (p >= threshold).astype(np.uint8)
+            mask[missing] = MASK_NODATA
+            tags = {"threshold": str(threshold), "source": path.name}
+            res.masks[tile_id] = write_raster(
+                out / f"{tile_id}{KELP_SUFFIX}",
+                mask,
+                georef=georef,
+                nodata=MASK_NODATA,
+                tags=tags,
+            )
+            if probabilities:
+                p = p.astype(np.float32)
+                p[missing] = np.nan
+                write_raster(
+                    out / f"{tile_id}{PROBA_SUFFIX}",
+                    p,
+                    georef=georef,
+                    nodata=float("nan"),
+                    band_names=["kelp_probability"],
+                    tags={"source": path.name},
+                )
+            res.report.ok += 1
+        pending.clear()
+
+    side = model.tile_size
+    for tile_id, path in items:
+        try:
+            raw, georef = read_tile_georef(path)
+            if raw.shape[-2:] != (side, side):
+                raise TileError(
+                    path, f"{raw.shape[-2]}x{raw.shape[-1]} px; this ONNX model takes {side}x{side}"
+                )
+        except TileError as err:
+            res.report.add(err)
+            continue
+        warning = check_band_order(raw)
+        if warning:
+            res.warnings[tile_id] = warning
+            print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
+        missing = missing_pixels(raw)
+        if correct:
+            raw = correct_dem(raw)
+        if len(pending) >= batch_size:
+            flush()
+        pending.append((tile_id, path, raw, missing, georef))
+    flush()
+    return res
