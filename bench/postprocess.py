@@ -1,6 +1,6 @@
 """Each post-processing step alone against none, on out-of-fold predictions of a run folder.
 
-Usage: python bench/postprocess.py OUT [--threshold T]
+Usage: python bench/postprocess.py [OUT] [--threshold T]   (OUT: demo_out/run of `make demo`)
 
 OUT is a `kelpseg train` / `run` output (fold*/result.json, splits.csv, cache/). Each fold's model
 predicts its own validation tiles (kelpseg.infer.threshold.iter_oof, CPU fp32); the global Dice
@@ -36,9 +36,11 @@ STEPS: dict[str, PostprocessConfig] = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path)
+    ap.add_argument("out", type=Path, nargs="?", default=Path("demo_out/run"))
     ap.add_argument("--threshold", type=float, default=None)
     args = ap.parse_args()
+    if not (args.out / "splits.csv").is_file():
+        ap.error(f"{args.out}: not a trained run folder (run `make demo` first, or give OUT)")
     t = args.threshold or read_threshold(args.out) or 0.5
     counts = {name: np.zeros(3, np.int64) for name in STEPS}  # tp, pred, truth
     tiles, start = 0, time.perf_counter()
