@@ -342,6 +342,28 @@ def export(
 
 
 @app.command()
+def threshold(
+    out: Annotated[Path, typer.Argument(help="Output folder of `kelpseg train` / `run`.")],
+    device: Annotated[str, typer.Option(help="Device for the fold models.")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+) -> None:
+    """Tune the decision threshold out of fold (each fold's model on its own validation tiles)
+    for the best global Dice; writes OUT/threshold.json and threshold.png.
+    (kelpseg.infer.threshold)"""
+    from kelpseg.infer.predict import CheckpointError
+    from kelpseg.infer.threshold import ThresholdError, tune_threshold
+
+    try:
+        res = tune_threshold(out, device=device, batch_size=batch_size)
+    except (ThresholdError, CheckpointError, OSError, KeyError, ValueError) as err:
+        _fail(err)
+    typer.echo(
+        f"threshold {res['threshold']:.2f}: Dice {res['dice']:.4f} "
+        f"(0.5: {res['dice_at_0.5']:.4f}), folds {res['folds']} -> {out / 'threshold.json'}"
+    )
+
+
+@app.command()
 def submit(
     pred: Annotated[Path, typer.Argument(help="Folder of predicted {id}_kelp.tif masks.")],
     tiles: Annotated[

@@ -237,6 +237,17 @@ class PredictConfig(_Section):
     probabilities: bool = Field(False, description="Also write {id}_proba.tif (float32).")
 
 
+class PostprocessConfig(_Section):
+    """Post-processing of the probabilities / masks (kelpseg.infer.postprocess); all off."""
+
+    smooth_sigma: float = Field(0.0, ge=0.0, description="Gaussian smoothing (px); 0 = off.")
+    open_radius: int = Field(0, ge=0, description="Binary opening, disk radius (px); 0 = off.")
+    close_radius: int = Field(0, ge=0, description="Binary closing, disk radius (px); 0 = off.")
+    min_object_px: int = Field(0, ge=0, description="Drop kelp objects under N px; 0 = off.")
+    fill_holes_px: int = Field(0, ge=0, description="Fill holes under N px; 0 = off.")
+    land_mask: bool = Field(False, description="No kelp where DEM > 0.")
+
+
 class TrackingConfig(_Section):
     """MLflow tracking: null uri = ``sqlite:///<out>/mlflow.db``."""
 
@@ -255,6 +266,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 

@@ -1,0 +1,72 @@
+"""Out-of-fold threshold tuning on the session's tiny finished run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from kelpseg.cli import app
+from kelpseg.infer.threshold import CANDIDATES, Counts, choose, dice_count, iter_oof
+
+
+@pytest.fixture(scope="module")
+def tuned(trained, tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the run's fold/cache files, tuned through the CLI."""
+    out = tmp_path_factory.mktemp("tuned")
+    for name in ("splits.csv", "tile_stats.csv"):
+        shutil.copy(trained.out / name, out / name)
+    for folder in ("cache", *(p.parent.name for p in trained.out.glob("fold*/result.json"))):
+        (out / folder).symlink_to(trained.out / folder)
+    res = CliRunner().invoke(app, ["threshold", str(out)])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_threshold_file_and_curve(tuned: Path) -> None:
+    res = json.loads((tuned / "threshold.json").read_text())
+    assert (tuned / "threshold.png").stat().st_size > 1000
+    assert 0.05 <= res["threshold"] <= 0.95
+    assert res["dice"] >= res["dice_at_0.5"]
+    assert res["dice"] == max(res["curve"]["dice"])
+    assert len(res["curve"]["threshold"]) == len(CANDIDATES)
+    assert res["kelp_pixels"] > 0
+
+
+def test_histogram_dice_equals_direct_count(tuned: Path) -> None:
+    batches = list(iter_oof(tuned))
+    proba = np.concatenate([b.proba for b in batches])
+    truth = np.concatenate([b.truth for b in batches])
+    valid = np.concatenate([b.valid for b in batches])
+    assert valid.any() and ((truth == 1) & valid).any()
+    counts = Counts()
+    for b in batches:
+        counts.add(b.proba, b.truth, b.valid)
+    dice = counts.dice()
+    for j in (0, 20, 45, 70, 90):
+        assert dice[j] == pytest.approx(dice_count(proba, truth, valid, CANDIDATES[j]), abs=1e-12)
+    saved = json.loads((tuned / "threshold.json").read_text())
+    assert saved["threshold"] == choose(counts)["threshold"]
+    assert saved["pixels"] == int(valid.sum())  # missing pixels are not counted
+
+
+def test_counts_exact_at_boundaries() -> None:
+    """Probabilities exactly at a threshold count as kelp, as ``p >= t`` does."""
+    proba = CANDIDATES.astype(np.float32)
+    truth = (np.arange(len(proba)) % 2).astype(np.uint8)
+    valid = np.ones(len(proba), dtype=bool)
+    valid[3] = False
+    counts = Counts()
+    counts.add(proba, truth, valid)
+    for j, t in enumerate(CANDIDATES):
+        assert counts.dice()[j] == pytest.approx(dice_count(proba, truth, valid, t), abs=1e-12)
+
+
+def test_threshold_refuses_a_folder_without_folds(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["threshold", str(tmp_path)])
+    assert res.exit_code == 1
+    assert "no finished fold" in res.output and "Traceback" not in res.output
