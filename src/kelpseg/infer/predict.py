@@ -9,9 +9,13 @@ probabilities. A bad input file is reported and skipped; the batch goes on.
 from __future__ import annotations
 
 import copy
+import glob
 import hashlib
+import itertools
 import json
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,6 +269,62 @@ def predict_tiles(
                 outs.append(tta_proba(m.predict_proba, x, tta).float())
         return torch.stack(outs)  # (M, B, H, W)
 
+    def write_one(
+        tile_id: str,
+        path: Path,
+        p: np.ndarray,
+        sd_in: np.ndarray | None,
+        missing: np.ndarray,
+        georef: Georef,
+    ) -> Path:
+        mask = (p >= (0.5 if vote == "hard" else threshold)).astype(np.uint8)
+        mask[missing] = MASK_NODATA
+        tags = {"threshold": str(threshold), "source": path.name, "fingerprint": fingerprint}
+        if len(models) > 1:
+            tags["members"] = str(len(models))
+        if probabilities:
+            if proba_format == "uint8":
+                q = np.rint(np.clip(p, 0, 1) * 254).astype(np.uint8)
+                q[missing] = PROBA_U8_NODATA
+                write_raster(
+                    out / f"{tile_id}{PROBA_SUFFIX}",
+                    q,
+                    georef=georef,
+                    nodata=PROBA_U8_NODATA,
+                    band_names=["kelp_probability_x254"],
+                    tags={**tags, "scale": str(1 / 254)},
+                )
+            else:
+                pf = p.astype(np.float32)
+                pf[missing] = np.nan
+                write_raster(
+                    out / f"{tile_id}{PROBA_SUFFIX}",
+                    pf,
+                    georef=georef,
+                    nodata=float("nan"),
+                    band_names=["kelp_probability"],
+                    tags=tags,
+                )
+        if sd_in is not None:
+            sd = sd_in.astype(np.float32)
+            sd[missing] = np.nan
+            write_raster(
+                out / f"{tile_id}{SPREAD_SUFFIX}",
+                sd,
+                georef=georef,
+                nodata=float("nan"),
+                band_names=["member_std"],
+                tags=tags,
+            )
+        # the mask last: its presence (with the fingerprint) marks the tile done
+        return write_raster(
+            out / f"{tile_id}{KELP_SUFFIX}",
+            mask,
+            georef=georef,
+            nodata=MASK_NODATA,
+            tags=tags,
+        )
+
     def flush() -> None:
         if not pending:
             return
@@ -276,75 +336,61 @@ def predict_tiles(
         mean_np = mean.cpu().numpy()
         std_np = std.cpu().numpy() if std is not None else None
         for i, (tile_id, path, _, missing, georef) in enumerate(pending):
-            p = mean_np[i]
-            mask = (p >= (0.5 if vote == "hard" else threshold)).astype(np.uint8)
-            mask[missing] = MASK_NODATA
-            tags = {"threshold": str(threshold), "source": path.name, "fingerprint": fingerprint}
-            if len(models) > 1:
-                tags["members"] = str(len(models))
-            if probabilities:
-                if proba_format == "uint8":
-                    q = np.rint(np.clip(p, 0, 1) * 254).astype(np.uint8)
-                    q[missing] = PROBA_U8_NODATA
-                    write_raster(
-                        out / f"{tile_id}{PROBA_SUFFIX}",
-                        q,
-                        georef=georef,
-                        nodata=PROBA_U8_NODATA,
-                        band_names=["kelp_probability_x254"],
-                        tags={**tags, "scale": str(1 / 254)},
-                    )
-                else:
-                    pf = p.astype(np.float32)
-                    pf[missing] = np.nan
-                    write_raster(
-                        out / f"{tile_id}{PROBA_SUFFIX}",
-                        pf,
-                        georef=georef,
-                        nodata=float("nan"),
-                        band_names=["kelp_probability"],
-                        tags=tags,
-                    )
-            if std_np is not None:
-                sd = std_np[i].astype(np.float32)
-                sd[missing] = np.nan
-                write_raster(
-                    out / f"{tile_id}{SPREAD_SUFFIX}",
-                    sd,
-                    georef=georef,
-                    nodata=float("nan"),
-                    band_names=["member_std"],
-                    tags=tags,
-                )
-            # the mask last: its presence (with the fingerprint) marks the tile done
-            result.masks[tile_id] = write_raster(
-                out / f"{tile_id}{KELP_SUFFIX}",
-                mask,
-                georef=georef,
-                nodata=MASK_NODATA,
-                tags=tags,
-            )
-            result.report.ok += 1
+            sd = std_np[i] if std_np is not None else None
+            args = (tile_id, path, mean_np[i], sd, missing, georef)
+            writes.append((tile_id, writer.submit(write_one, *args)))
         pending.clear()
+        while len(writes) > 2 * batch_size:
+            finish_write()
 
-    for tile_id, path in tqdm(items, desc="predict", leave=False):
+    def finish_write() -> None:
+        tile_id, fut = writes.popleft()
+        result.masks[tile_id] = fut.result()
+        result.report.ok += 1
+
+    def load(tile_id: str, path: Path) -> tuple[Any, ...]:
+        """Runs in a reader thread: reuse marker, the read tile, or the TileError."""
+        for stale in out.glob(f".{glob.escape(tile_id)}_*.tif.*.tmp"):  # left by a killed run
+            stale.unlink(missing_ok=True)
         if not overwrite and _complete(outputs(tile_id), fingerprint):
-            result.masks[tile_id] = out / f"{tile_id}{KELP_SUFFIX}"
-            result.reused += 1
-            result.report.ok += 1
-            continue
+            return ("reused",)
         try:
             raw, georef = read_tile_georef(path)
         except TileError as err:
-            result.report.add(err)
-            continue
-        warning = check_band_order(raw)
-        if warning:
-            result.warnings[tile_id] = warning
-            print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
-        missing = missing_pixels(raw)
-        if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
-            flush()
-        pending.append((tile_id, path, raw, missing, georef))
-    flush()
+            return ("error", err)
+        return ("tile", raw, georef, check_band_order(raw), missing_pixels(raw))
+
+    writes: deque[tuple[str, Future[Path]]] = deque()
+    ahead = 2 * batch_size
+    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(2) as writer:
+        queue: deque[tuple[str, Path, Future[tuple[Any, ...]]]] = deque()
+        todo = iter(items)
+        for tile_id, path in itertools.islice(todo, ahead):
+            queue.append((tile_id, path, readers.submit(load, tile_id, path)))
+        bar = tqdm(total=len(items), desc="predict", leave=False)
+        while queue:
+            tile_id, path, fut = queue.popleft()
+            for nxt in itertools.islice(todo, 1):
+                queue.append((*nxt, readers.submit(load, *nxt)))
+            got = fut.result()
+            bar.update()
+            if got[0] == "reused":
+                result.masks[tile_id] = out / f"{tile_id}{KELP_SUFFIX}"
+                result.reused += 1
+                result.report.ok += 1
+                continue
+            if got[0] == "error":
+                result.report.add(got[1])
+                continue
+            _, raw, georef, warning, missing = got
+            if warning:
+                result.warnings[tile_id] = warning
+                print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
+            if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
+                flush()
+            pending.append((tile_id, path, raw, missing, georef))
+        flush()
+        bar.close()
+        while writes:
+            finish_write()
     return result
