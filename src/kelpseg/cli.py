@@ -242,6 +242,7 @@ def predict(
             "same file name are refused; *_kelp.tif / *_proba.tif in folders are skipped "
             "(outputs of an earlier predict).",
             show_default=False,
+            metavar="CKPT_AND_INPUTS",
         ),
     ],
     out: Annotated[
