@@ -25,6 +25,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "ingest.py": ([], ["--aois", "8", "--repeat", "1"]),
     "checkpoint_bytes.py": ([], []),
     "train_throughput.py": ([], ["--tiles", "40", "--batches", "3", "--repeat", "1"]),
+    "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
 }
 
 
