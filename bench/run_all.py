@@ -27,6 +27,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "train_throughput.py": ([], ["--tiles", "40", "--batches", "3", "--repeat", "1"]),
     "onnx_speed.py": ([], ["--batches", "1", "--repeat", "1"]),
     "postprocess.py": ([], []),  # needs a trained run: demo_out/run of `make demo`
+    "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
 }
 
 

@@ -320,3 +320,115 @@ def test_predict_output_reads_back_for_evaluation(ckpt: Path, tmp_path: Path) ->
     result = runner.invoke(app, ["evaluate", str(out), str(tmp_path / "truth")])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tiles"] == 1
+
+
+# -- precision, probability formats, reruns --------------------------------------------------
+
+
+def test_bf16_autocast_on_cpu_gives_close_probabilities(
+    module: KelpSegModule, tmp_path: Path
+) -> None:
+    tile = write_raster(tmp_path / "A_satellite.tif", make_tile(np.random.default_rng(0))[0])
+    probs = {}
+    for prec in ("fp32", "bf16"):
+        predict_tiles(module, [("A", tile)], tmp_path / prec, probabilities=True, precision=prec)
+        with rasterio.open(tmp_path / prec / "A_proba.tif") as src:
+            probs[prec] = src.read(1)
+    diff = np.abs(probs["fp32"] - probs["bf16"])
+    assert diff.max() < 0.05
+    assert diff.max() > 0  # bf16 was really used
+    with pytest.raises(ValueError, match="precision"):
+        predict_tiles(module, [("A", tile)], tmp_path / "x", precision="fp8")
+
+
+def test_uint8_probabilities_are_scaled_with_255_nodata(ckpt: Path, tmp_path: Path) -> None:
+    tile = write_raster(tmp_path / "A_satellite.tif", _striped_tile(np.random.default_rng(1)))
+    for fmt in ("float32", "uint8"):
+        args = ["predict", str(ckpt), str(tile), "-o", str(tmp_path / fmt), "--probabilities"]
+        result = runner.invoke(app, [*args, "--proba-format", fmt])
+        assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "float32" / "A_proba.tif") as src:
+        f = src.read(1)
+    with rasterio.open(tmp_path / "uint8" / "A_proba.tif") as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255
+        q = src.read(1)
+    assert ((q == 255) == np.isnan(f)).all() and np.isnan(f).any()
+    ok = ~np.isnan(f)
+    np.testing.assert_array_equal(q[ok], np.rint(f[ok] * 254).astype(np.uint8))
+
+
+def _tile_folder(folder: Path, n: int, size: int = 64) -> Path:
+    rng = np.random.default_rng(11)
+    for i in range(n):
+        write_raster(folder / f"T{i:02d}_satellite.tif", make_tile(rng, size=size)[0])
+    return folder
+
+
+def _outputs(folder: Path) -> dict[str, tuple[np.ndarray, dict]]:
+    got = {}
+    for p in sorted(folder.iterdir()):
+        with rasterio.open(p) as src:
+            got[p.name] = (src.read(), src.tags())
+    return got
+
+
+def test_rerun_skips_complete_outputs_and_overwrite_redoes_them(ckpt: Path, tmp_path: Path) -> None:
+    tiles = _tile_folder(tmp_path / "tiles", 3)
+    out = tmp_path / "o"
+    args = ["predict", str(ckpt), str(tiles), "-o", str(out), "--batch-size", "1"]
+    assert runner.invoke(app, args).exit_code == 0
+    (out / "T01_kelp.tif").write_bytes(b"truncated")  # a damaged output is redone
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "2 kept from an earlier run" in second.stdout
+    assert _read_ok(out / "T01_kelp.tif")
+    # other settings -> other fingerprint: nothing is reused
+    third = runner.invoke(app, [*args, "--threshold", "0.3"])
+    assert "kept" not in third.stdout
+    fourth = runner.invoke(app, [*args, "--threshold", "0.3", "--overwrite"])
+    assert "kept" not in fourth.stdout
+
+
+def _read_ok(path: Path) -> bool:
+    with rasterio.open(path) as src:
+        return src.read().size > 0
+
+
+def test_sigkill_then_rerun_gives_the_same_outputs(ckpt: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tiles = _tile_folder(tmp_path / "tiles", 40)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "kelpseg", "predict", str(ckpt), str(tiles), "-o",
+                str(out), "--batch-size", "1", "--probabilities"]  # fmt: skip
+
+    whole = tmp_path / "whole"
+    subprocess.run(cmd(whole), env=env, check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if killed.is_dir() and len(list(killed.glob("*_kelp.tif"))) >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(killed.glob("*_kelp.tif")))
+    assert 3 <= n_done < 40, n_done  # really killed mid-run
+    rerun = subprocess.run(cmd(killed), env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "kept from an earlier run" in rerun.stdout
+    assert not list(killed.glob(".*"))  # the killed write's temp file is cleaned up
+    a, b = _outputs(whole), _outputs(killed)
+    assert a.keys() == b.keys() and len(a) == 80
+    for name in a:
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+        assert a[name][1] == b[name][1]

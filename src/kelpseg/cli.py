@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -234,40 +234,109 @@ def train(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A .ckpt from `kelpseg train`.")],
-    inputs: Annotated[
+    args: Annotated[
         list[Path],
         typer.Argument(
-            help="Tiles or folders of tiles. Outputs are named by tile id, so two inputs with "
-            "the same file name are refused; *_kelp.tif / *_proba.tif in folders are skipped "
-            "(outputs of an earlier predict)."
+            help="[CKPT] INPUTS...: a .ckpt from `kelpseg train` (unless --model/--run), then "
+            "tiles or folders of tiles. Outputs are named by tile id, so two inputs with the "
+            "same file name are refused; *_kelp.tif / *_proba.tif in folders are skipped "
+            "(outputs of an earlier predict).",
+            show_default=False,
+            metavar="CKPT_AND_INPUTS",
         ),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (may be an input folder).")
     ] = Path("predictions"),
+    model: Annotated[
+        list[Path] | None,
+        typer.Option("--model", "-m", help="A member checkpoint; repeat for an ensemble."),
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
+    ] = None,
+    weights: Annotated[
+        str,
+        typer.Option(help="Ensemble weights: equal, dice (val Dice, min-max; --run) or 0.2,0.8."),
+    ] = "equal",
+    vote: Annotated[
+        str, typer.Option(help="soft: mean probability; hard: mean of thresholded masks.")
+    ] = "soft",
     threshold: Annotated[
         float | None,
-        typer.Option(help="Decision threshold in [0, 1]; default: the checkpoint's."),
+        typer.Option(
+            help="Decision threshold in [0, 1]; default: the run's tuned one (threshold.json), "
+            "else the checkpoint's."
+        ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Tiles per batch; default: the checkpoint's.")
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32, bf16 or fp16 autocast; default bf16 on a GPU with it, else fp32."),
+    ] = None,
+    tta: Annotated[
+        str, typer.Option(help="Test-time augmentation: none, flips or d4 (8 transforms).")
+    ] = "none",
     probabilities: Annotated[bool, typer.Option(help="Also write {id}_proba.tif.")] = False,
+    proba_format: Annotated[
+        str, typer.Option(help="float32 (NaN nodata) or uint8 (p*254, 255 nodata).")
+    ] = "float32",
+    spread: Annotated[
+        bool, typer.Option(help="Ensembles: also write {id}_spread.tif (members' std).")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo every tile (default: keep complete outputs of a rerun).")
+    ] = False,
     strict: StrictOpt = False,
 ) -> None:
-    """Checkpoint + tiles -> {id}_kelp.tif masks (1 kelp, 0 not, 255 nodata where the input is
+    """Checkpoint(s) + tiles -> {id}_kelp.tif masks (1 kelp, 0 not, 255 nodata where the input is
     missing) keeping each input's georeference. (kelpseg.infer.predict)"""
-    from kelpseg.infer.predict import CheckpointError, load_model, predict_tiles
+    from kelpseg.infer.ensemble import EnsembleError, member_weights, run_checkpoints
+    from kelpseg.infer.predict import (
+        PRECISIONS,
+        PROBA_FORMATS,
+        CheckpointError,
+        load_model,
+        predict_tiles,
+    )
+    from kelpseg.infer.tta import TTA_MODES
     from kelpseg.io import find_images
     from kelpseg.io.errors import InputError
 
+    def usage(msg: str) -> NoReturn:
+        typer.secho(f"error: {msg}", fg="red", err=True)
+        raise typer.Exit(2)
+
     if threshold is not None and not 0.0 <= threshold <= 1.0:
-        typer.secho(f"error: --threshold must be in [0, 1], got {threshold}", fg="red", err=True)
-        raise typer.Exit(2)
+        usage(f"--threshold must be in [0, 1], got {threshold}")
     if batch_size is not None and batch_size < 1:
-        typer.secho(f"error: --batch-size must be at least 1, got {batch_size}", fg="red", err=True)
-        raise typer.Exit(2)
+        usage(f"--batch-size must be at least 1, got {batch_size}")
+    if vote not in ("soft", "hard"):
+        usage(f"--vote must be soft or hard, got {vote!r}")
+    if tta not in TTA_MODES:
+        usage(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if precision is not None and precision not in PRECISIONS:
+        usage(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if proba_format not in PROBA_FORMATS:
+        usage(f"--proba-format must be float32 or uint8, got {proba_format!r}")
+    ckpts, dices = list(model or []), [None] * len(model or [])
+    inputs = list(args)
+    try:
+        if run is not None:
+            more, more_dice = run_checkpoints(run)
+            ckpts, dices = ckpts + more, dices + more_dice
+        if not ckpts:
+            if len(inputs) < 2:
+                usage("give a checkpoint (CKPT, --model or --run) and at least one input")
+            ckpts, dices, inputs = [inputs[0]], [None], inputs[1:]
+        if not inputs:
+            usage("no inputs: give tiles or folders of tiles")
+        w = member_weights(len(ckpts), weights, dices)
+    except EnsembleError as err:
+        _fail(err)
     if out.exists() and not out.is_dir():
         _fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
     try:
@@ -276,19 +345,41 @@ def predict(
         _fail(err)
     if not items:
         _fail(FileNotFoundError(f"no .tif tiles in {', '.join(map(str, inputs))}"))
+    note = ""
+    if threshold is None and run is not None and (run / "threshold.json").is_file():
+        tuned = json.loads((run / "threshold.json").read_text())
+        ens = tuned.get("ensemble") if len(ckpts) > 1 else None
+        threshold = float((ens if isinstance(ens, dict) else tuned)["threshold"])
+        note = f", tuned in {run / 'threshold.json'}"
     try:
+        models = [load_model(c) for c in ckpts]  # every member is checked before any work
+        if threshold is None and len(models) > 1:
+            own = {m.cfg.predict.threshold for m in models}
+            if len(own) > 1:
+                note = f", the first member's ({ckpts[0]}); members disagree"
         res = predict_tiles(
-            load_model(checkpoint),
+            models,
             items,
             out,
             threshold=threshold,
             batch_size=batch_size,
             probabilities=probabilities,
+            weights=w,
+            vote=vote,
+            precision=precision,
+            tta=tta,
+            proba_format=proba_format,
+            spread=spread,
+            overwrite=overwrite,
         )
         res.report.finish(strict=strict)
     except (CheckpointError, NothingValidError, ValueError) as err:
         _fail(err)
-    typer.echo(f"{len(res.masks)} masks (threshold {res.threshold}) -> {out}")
+    members = f", {len(models)} models" if len(models) > 1 else ""
+    reused = f", {res.reused} kept from an earlier run" if res.reused else ""
+    typer.echo(
+        f"{len(res.masks)} masks (threshold {res.threshold}{note}{members}{reused}) -> {out}"
+    )
 
 
 @app.command()

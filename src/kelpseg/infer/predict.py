@@ -9,7 +9,13 @@ probabilities. A bad input file is reported and skipped; the batch goes on.
 from __future__ import annotations
 
 import copy
+import glob
+import hashlib
+import itertools
+import json
 import sys
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +25,7 @@ from kelpseg.compat import ensure_torchvision
 ensure_torchvision()
 
 import numpy as np  # noqa: E402
+import rasterio  # noqa: E402
 import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
@@ -44,6 +51,7 @@ class PredictResult:
     warnings: dict[str, str] = field(default_factory=dict)
     threshold: float = 0.5
     batch_size: int = 8
+    reused: int = 0
 
 
 def _checkpoint_config(path: Path, ckpt: Any) -> dict[str, Any]:
@@ -118,86 +126,271 @@ def _check_settings(threshold: float, batch_size: int) -> None:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROBA_FORMATS = ("float32", "uint8")
+PROBA_U8_NODATA = 255
+SPREAD_SUFFIX = "_spread.tif"
+
+
+def default_precision(device: torch.device) -> str:
+    """bf16 on a CUDA GPU that supports it, else fp32."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def _fingerprint(models: list[KelpSegModule], settings: dict[str, Any]) -> str:
+    """A short hash of the members' weights and the settings: reruns reuse only matching files."""
+    h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
+    for m in models:
+        for t in m.state_dict().values():
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _complete(paths: list[Path], fingerprint: str) -> bool:
+    """Every file is there, reads back, and was written with the same models and settings."""
+    try:
+        for path in paths:
+            with rasterio.open(path) as src:
+                if src.tags().get("fingerprint") != fingerprint:
+                    return False
+                src.read()
+    except Exception:  # missing, truncated or not a raster: redo it
+        return False
+    return True
+
+
 def predict_tiles(
-    model: KelpSegModule,
+    model: KelpSegModule | list[KelpSegModule],
     items: list[tuple[str, Path]],
     out: Path,
     *,
     threshold: float | None = None,
     batch_size: int | None = None,
     probabilities: bool = False,
+    weights: list[float] | np.ndarray | None = None,
+    vote: str = "soft",
+    precision: str | None = None,
+    tta: str = "none",
+    proba_format: str = "float32",
+    spread: bool = False,
+    overwrite: bool = True,
 ) -> PredictResult:
     """Predict ``{tile_id}_kelp.tif`` for each ``(tile_id, path)`` into ``out``.
 
     Masks are uint8: 1 kelp, 0 not, 255 (declared nodata) where the input is missing;
-    probabilities (``{tile_id}_proba.tif``) are float32 with NaN there. The model sees the
+    probabilities (``{tile_id}_proba.tif``) are float32 with NaN there, or with
+    ``proba_format="uint8"`` 0-254 (p * 254 rounded) with 255 nodata. The model sees the
     whole tile; only its output is masked. ``threshold`` and ``batch_size`` default to the
-    checkpoint's ``predict`` settings. Tiles are batched while consecutive ones share a shape;
-    scenes of any size work. When the model was trained with ``data.correct_dem_shift``, each
-    tile's DEM misalignment is detected and undone first. A tile whose bands look out of order
-    is predicted but warned about, naming the file.
+    (first) checkpoint's ``predict`` settings. Tiles are batched while consecutive ones share a
+    shape; scenes of any size work. When a model was trained with ``data.correct_dem_shift``,
+    each tile's DEM misalignment is detected and undone first (per member). A tile whose bands
+    look out of order is predicted but warned about, naming the file.
+
+    Several models form an ensemble: their probabilities (each under ``tta``) are averaged with
+    ``weights`` (normalized to sum to 1; equal by default), or with ``vote="hard"`` their
+    thresholded masks are. ``spread`` writes ``{tile_id}_spread.tif``, the weighted standard
+    deviation of the members' probabilities (float32, NaN nodata). ``precision`` is the
+    autocast dtype (``fp32``, ``bf16``, ``fp16``; default bf16 on a GPU that has it, else fp32).
+    With ``overwrite=False`` a tile whose requested outputs exist, read back and carry the same
+    models-and-settings fingerprint is skipped (counted ok); writes are atomic.
 
     Raises:
-        ValueError: a threshold outside [0, 1], a batch size below 1, or two inputs with the
-            same tile id (they would write one output).
+        ValueError: a bad setting, or two inputs with the same tile id (they would write one
+            output).
     """
-    threshold = model.cfg.predict.threshold if threshold is None else float(threshold)
-    batch_size = model.cfg.predict.batch_size if batch_size is None else int(batch_size)
+    from kelpseg.infer.ensemble import member_weights
+    from kelpseg.infer.tta import TTA_MODES, tta_proba
+
+    models = list(model) if isinstance(model, list | tuple) else [model]
+    if not models:
+        raise ValueError("no model to predict with")
+    first = models[0]
+    threshold = first.cfg.predict.threshold if threshold is None else float(threshold)
+    batch_size = first.cfg.predict.batch_size if batch_size is None else int(batch_size)
     _check_settings(threshold, batch_size)
+    if vote not in ("soft", "hard"):
+        raise ValueError(f"vote must be soft or hard, got {vote!r}")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if proba_format not in PROBA_FORMATS:
+        raise ValueError(f"proba format must be float32 or uint8, got {proba_format!r}")
+    device = next(first.parameters()).device
+    precision = precision or default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if any(next(m.parameters()).device != device for m in models):
+        raise ValueError("all models of an ensemble must be on one device")
+    w = member_weights(len(models), None if weights is None else list(map(float, weights)))
     dups = duplicate_ids(items)
     if dups:
         raise ValueError(dups)
     result = PredictResult(threshold=threshold, batch_size=batch_size)
     out.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
+    settings = {
+        "threshold": threshold,
+        "weights": [float(v) for v in w],
+        "vote": vote,
+        "precision": precision,
+        "tta": tta,
+        "proba_format": proba_format,
+    }
+    fingerprint = _fingerprint(models, settings)
+    spread = spread and len(models) > 1
+
+    def outputs(tile_id: str) -> list[Path]:
+        paths = [out / f"{tile_id}{KELP_SUFFIX}"]
+        if probabilities:
+            paths.append(out / f"{tile_id}{PROBA_SUFFIX}")
+        if spread:
+            paths.append(out / f"{tile_id}{SPREAD_SUFFIX}")
+        return paths
+
+    dtype = PRECISIONS[precision]
+    corrects = [m.cfg.data.correct_dem_shift for m in models]
     pending: list[tuple[str, Path, np.ndarray, np.ndarray, Georef]] = []
+
+    @torch.inference_mode()
+    def member_probas(raw_np: np.ndarray) -> torch.Tensor:
+        raw = torch.from_numpy(raw_np).to(device, non_blocking=True)
+        fixed: torch.Tensor | None = None
+        outs = []
+        for m, corr in zip(models, corrects, strict=True):
+            x = raw
+            if corr:
+                if fixed is None:
+                    fixed = torch.from_numpy(np.stack([correct_dem(r) for r in raw_np]))
+                    fixed = fixed.to(device, non_blocking=True)
+                x = fixed
+            with torch.autocast(
+                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                outs.append(tta_proba(m.predict_proba, x, tta).float())
+        return torch.stack(outs)  # (M, B, H, W)
+
+    def write_one(
+        tile_id: str,
+        path: Path,
+        p: np.ndarray,
+        sd_in: np.ndarray | None,
+        missing: np.ndarray,
+        georef: Georef,
+    ) -> Path:
+        mask = (p >= (0.5 if vote == "hard" else threshold)).astype(np.uint8)
+        mask[missing] = MASK_NODATA
+        tags = {"threshold": str(threshold), "source": path.name, "fingerprint": fingerprint}
+        if len(models) > 1:
+            tags["members"] = str(len(models))
+        if probabilities:
+            if proba_format == "uint8":
+                q = np.rint(np.clip(p, 0, 1) * 254).astype(np.uint8)
+                q[missing] = PROBA_U8_NODATA
+                write_raster(
+                    out / f"{tile_id}{PROBA_SUFFIX}",
+                    q,
+                    georef=georef,
+                    nodata=PROBA_U8_NODATA,
+                    band_names=["kelp_probability_x254"],
+                    tags={**tags, "scale": str(1 / 254)},
+                )
+            else:
+                pf = p.astype(np.float32)
+                pf[missing] = np.nan
+                write_raster(
+                    out / f"{tile_id}{PROBA_SUFFIX}",
+                    pf,
+                    georef=georef,
+                    nodata=float("nan"),
+                    band_names=["kelp_probability"],
+                    tags=tags,
+                )
+        if sd_in is not None:
+            sd = sd_in.astype(np.float32)
+            sd[missing] = np.nan
+            write_raster(
+                out / f"{tile_id}{SPREAD_SUFFIX}",
+                sd,
+                georef=georef,
+                nodata=float("nan"),
+                band_names=["member_std"],
+                tags=tags,
+            )
+        # the mask last: its presence (with the fingerprint) marks the tile done
+        return write_raster(
+            out / f"{tile_id}{KELP_SUFFIX}",
+            mask,
+            georef=georef,
+            nodata=MASK_NODATA,
+            tags=tags,
+        )
 
     def flush() -> None:
         if not pending:
             return
-        raw = torch.from_numpy(np.stack([p[2] for p in pending])).to(device)
-        proba = model.predict_proba(raw).float().cpu().numpy()
-        for (tile_id, path, _, missing, georef), p in zip(pending, proba, strict=True):
-            mask = (p >= threshold).astype(np.uint8)
-            mask[missing] = MASK_NODATA
-            tags = {"threshold": str(threshold), "source": path.name}
-            result.masks[tile_id] = write_raster(
-                out / f"{tile_id}{KELP_SUFFIX}",
-                mask,
-                georef=georef,
-                nodata=MASK_NODATA,
-                tags=tags,
-            )
-            if probabilities:
-                p = p.astype(np.float32)
-                p[missing] = np.nan
-                write_raster(
-                    out / f"{tile_id}{PROBA_SUFFIX}",
-                    p,
-                    georef=georef,
-                    nodata=float("nan"),
-                    band_names=["kelp_probability"],
-                    tags={"source": path.name},
-                )
-            result.report.ok += 1
+        probs = member_probas(np.stack([p[2] for p in pending]))
+        wt = torch.as_tensor(w, dtype=torch.float32, device=probs.device)[:, None, None, None]
+        members = (probs >= threshold).float() if vote == "hard" else probs
+        mean = (wt * members).sum(0)
+        std = ((wt * (probs - (wt * probs).sum(0)) ** 2).sum(0)).sqrt() if spread else None
+        mean_np = mean.cpu().numpy()
+        std_np = std.cpu().numpy() if std is not None else None
+        for i, (tile_id, path, _, missing, georef) in enumerate(pending):
+            sd = std_np[i] if std_np is not None else None
+            args = (tile_id, path, mean_np[i], sd, missing, georef)
+            writes.append((tile_id, writer.submit(write_one, *args)))
         pending.clear()
+        while len(writes) > 2 * batch_size:
+            finish_write()
 
-    correct = model.cfg.data.correct_dem_shift
-    for tile_id, path in tqdm(items, desc="predict", leave=False):
+    def finish_write() -> None:
+        tile_id, fut = writes.popleft()
+        result.masks[tile_id] = fut.result()
+        result.report.ok += 1
+
+    def load(tile_id: str, path: Path) -> tuple[Any, ...]:
+        """Runs in a reader thread: reuse marker, the read tile, or the TileError."""
+        for stale in out.glob(f".{glob.escape(tile_id)}_*.tif.*.tmp"):  # left by a killed run
+            stale.unlink(missing_ok=True)
+        if not overwrite and _complete(outputs(tile_id), fingerprint):
+            return ("reused",)
         try:
             raw, georef = read_tile_georef(path)
         except TileError as err:
-            result.report.add(err)
-            continue
-        warning = check_band_order(raw)
-        if warning:
-            result.warnings[tile_id] = warning
-            print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
-        missing = missing_pixels(raw)
-        if correct:
-            raw = correct_dem(raw)
-        if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
-            flush()
-        pending.append((tile_id, path, raw, missing, georef))
-    flush()
+            return ("error", err)
+        return ("tile", raw, georef, check_band_order(raw), missing_pixels(raw))
+
+    writes: deque[tuple[str, Future[Path]]] = deque()
+    ahead = 2 * batch_size
+    with ThreadPoolExecutor(2) as readers, ThreadPoolExecutor(2) as writer:
+        queue: deque[tuple[str, Path, Future[tuple[Any, ...]]]] = deque()
+        todo = iter(items)
+        for tile_id, path in itertools.islice(todo, ahead):
+            queue.append((tile_id, path, readers.submit(load, tile_id, path)))
+        bar = tqdm(total=len(items), desc="predict", leave=False)
+        while queue:
+            tile_id, path, fut = queue.popleft()
+            for nxt in itertools.islice(todo, 1):
+                queue.append((*nxt, readers.submit(load, *nxt)))
+            got = fut.result()
+            bar.update()
+            if got[0] == "reused":
+                result.masks[tile_id] = out / f"{tile_id}{KELP_SUFFIX}"
+                result.reused += 1
+                result.report.ok += 1
+                continue
+            if got[0] == "error":
+                result.report.add(got[1])
+                continue
+            _, raw, georef, warning, missing = got
+            if warning:
+                result.warnings[tile_id] = warning
+                print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
+            if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
+                flush()
+            pending.append((tile_id, path, raw, missing, georef))
+        flush()
+        bar.close()
+        while writes:
+            finish_write()
     return result
