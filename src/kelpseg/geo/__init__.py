@@ -1,0 +1,1 @@
+"""Geographic outputs: pixel areas from the CRS, kelp-bed polygons, area time series."""

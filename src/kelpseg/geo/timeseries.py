@@ -1,0 +1,336 @@
+"""Kelp area per acquisition (``kelpseg timeseries``), with how much of the water was seen.
+
+A scene's kelp area only counts the kelp that was *observed*: under a cloud or its shadow
+the mask says "not kelp" because nothing was seen. So every row carries
+``observed_fraction`` = clear water / all water (ha) of the area, and ``well_observed`` says
+whether it reaches ``min_observed``; a cloudy date is a gap in the series, not kelp loss.
+
+Two inputs:
+
+- a ``kelpseg map`` output folder ``MAPS/{scene_id}/`` (``scene.json``, ``{scene_id}_kelp.tif``,
+  ``{scene_id}_coverage.tif``): one row per acquisition sorted by date. Without an AOI the
+  figures are the scene's own (``scene.json``); with one, the AOI is reprojected to each
+  scene's CRS and the masks are read over its bounds only. AOI pixels outside the scene or
+  without data lower ``aoi_valid_fraction``, which ``well_observed`` also requires.
+- competition tiles: a folder of ``{id}_kelp.tif`` predictions and the ``groups.csv`` of
+  ``kelpseg groups`` (one series per AOI group, ordered by tile id: tiles carry no date);
+  water and its observed share come from the tiles themselves (``--tiles``: DEM and QA band).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from rasterio.errors import RasterioError
+from rasterio.features import geometry_mask
+from rasterio.windows import Window
+from tqdm.auto import tqdm
+
+from kelpseg.geo.area import class_areas_ha
+from kelpseg.io.errors import BatchReport, TileError
+from kelpseg.io.raster import georef_of, open_raster
+from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX, missing_pixels
+
+LAND, CLEAR_WATER, CLOUDY_WATER = 0, 1, 2
+"""Values of a ``{scene_id}_coverage.tif`` (255: no data)."""
+OUTSIDE = 254
+"""Internal value of pixels outside the AOI."""
+SCENE_COLUMNS = (
+    "scene_id",
+    "sensor",
+    "date",
+    "kelp_ha",
+    "water_ha",
+    "water_clear_ha",
+    "observed_fraction",
+    "well_observed",
+    "pixel_area_assumed",
+)
+AOI_COLUMNS = ("aoi_ha", "aoi_valid_fraction")
+TILE_COLUMNS = ("aoi", "order", "tile_id", *SCENE_COLUMNS[3:])
+
+
+def _fraction(part: float, whole: float) -> float:
+    return part / whole if whole > 0 else math.nan
+
+
+def read_aoi(path: Path) -> Any:
+    """The union of every geometry of a vector file (GeoJSON, GeoPackage...) as a GeoSeries."""
+    import geopandas as gpd
+
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as err:  # pyogrio raises its own DataSourceError and others
+        raise ValueError(f"{path}: not a readable vector file: {err}") from err
+    if gdf.empty or gdf.geometry.isna().all():
+        raise ValueError(f"{path}: no geometry")
+    if gdf.crs is None:
+        raise ValueError(f"{path}: the AOI has no CRS")
+    return gpd.GeoSeries([gdf.geometry.union_all()], crs=gdf.crs)
+
+
+def coverage_of_tile(raw: np.ndarray) -> np.ndarray:
+    """Coverage codes of a raw 7-band tile: 0 land, 1 clear water, 2 water under QA = 1,
+    255 no data. Water is DEM <= 0, or DEM missing where the bands are valid (open sea)."""
+    missing = missing_pixels(raw)
+    dem = raw[DEM_INDEX]
+    water = ((dem <= 0) & (dem != NODATA)) | (dem == NODATA)
+    out = np.where(water, np.where(raw[QA_INDEX] == 1, CLOUDY_WATER, CLEAR_WATER), LAND)
+    out[missing] = 255
+    return out.astype(np.uint8)
+
+
+def _water(cov_areas: dict[int, float]) -> tuple[float, float]:
+    clear = cov_areas.get(CLEAR_WATER, 0.0)
+    return clear + cov_areas.get(CLOUDY_WATER, 0.0), clear
+
+
+def _read_over(src: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+    """Band 1 over a pixel window that may reach beyond the raster (255 there)."""
+    (r0, r1), (c0, c1) = rows, cols
+    out = np.full((r1 - r0, c1 - c0), 255, dtype=np.uint8)
+    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, src.height), max(c0, 0), min(c1, src.width)
+    if rr0 < rr1 and cc0 < cc1:
+        win = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
+        out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = src.read(1, window=win)
+    return out
+
+
+def aoi_areas(kelp_path: Path, coverage_path: Path, aoi: Any) -> dict[str, Any] | None:
+    """Areas inside the AOI (a one-geometry GeoSeries with a CRS) of one mapped scene.
+
+    Only the window of the AOI's bounds (in the scene's CRS) is read. Returns None when the
+    AOI and the scene do not overlap.
+    """
+    with open_raster(kelp_path) as ksrc, open_raster(coverage_path) as csrc:
+        if (ksrc.height, ksrc.width) != (csrc.height, csrc.width):
+            raise TileError(coverage_path, f"shape differs from {kelp_path.name}")
+        geo = georef_of(ksrc)
+        if geo.crs is None:
+            raise TileError(kelp_path, "no CRS: an AOI cannot be placed on it")
+        geom = aoi.to_crs(geo.crs).iloc[0]
+        inv = ~ksrc.transform
+        xmin, ymin, xmax, ymax = geom.bounds
+        corners = [inv * xy for xy in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))]
+        cs, rs = zip(*corners, strict=True)
+        rows = (math.floor(min(rs)), math.ceil(max(rs)))
+        cols = (math.floor(min(cs)), math.ceil(max(cs)))
+        if rows[1] <= 0 or cols[1] <= 0 or rows[0] >= ksrc.height or cols[0] >= ksrc.width:
+            return None
+        height, width = rows[1] - rows[0], cols[1] - cols[0]
+        transform = ksrc.window_transform(Window(cols[0], rows[0], width, height))
+        inside = geometry_mask([geom], out_shape=(height, width), transform=transform, invert=True)
+        kelp = np.where(inside, _read_over(ksrc, rows, cols), OUTSIDE)
+        cov = np.where(inside, _read_over(csrc, rows, cols), OUTSIDE)
+    kelp_areas = class_areas_ha(kelp, geo.crs, transform)
+    cov_areas = class_areas_ha(cov, geo.crs, transform)
+    water, clear = _water(cov_areas)
+    aoi_ha = sum(a for v, a in cov_areas.items() if v != OUTSIDE)
+    return {
+        "kelp_ha": kelp_areas.get(1, 0.0),
+        "water_ha": water,
+        "water_clear_ha": clear,
+        "observed_fraction": _fraction(clear, water),
+        "pixel_area_assumed": False,
+        "aoi_ha": aoi_ha,
+        "aoi_valid_fraction": _fraction(aoi_ha - cov_areas.get(255, 0.0), aoi_ha),
+    }
+
+
+def _scene_files(folder: Path, scene_id: str) -> tuple[Path, Path]:
+    kelp, cov = folder / f"{scene_id}_kelp.tif", folder / f"{scene_id}_coverage.tif"
+    for path in (kelp, cov):
+        if not path.is_file():
+            raise TileError(path, "missing (scene.json names this scene)")
+    return kelp, cov
+
+
+def _read_scene_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise TileError(path, f"not readable JSON: {err}") from err
+    if not isinstance(meta, dict) or not meta.get("scene_id"):
+        raise TileError(path, "no scene_id")
+    return meta
+
+
+def scene_series(
+    maps: Path, aoi: Any = None, *, min_observed: float = 0.8
+) -> tuple[pd.DataFrame, BatchReport]:
+    """One row per acquisition of a ``kelpseg map`` folder, sorted by date (see module doc).
+
+    Args:
+        maps: The ``MAPS`` folder (``MAPS/*/scene.json``).
+        aoi: Optional one-geometry GeoSeries with a CRS (:func:`read_aoi`).
+        min_observed: Observed fraction (and, with an AOI, valid fraction) of a well-observed date.
+    """
+    maps = Path(maps)
+    if not maps.is_dir():
+        raise FileNotFoundError(f"{maps}: not a folder")
+    metas = sorted(maps.glob("*/scene.json"))
+    if not metas:
+        raise FileNotFoundError(f"{maps}: no */scene.json (not a `kelpseg map` output folder?)")
+    report = BatchReport("timeseries")
+    rows = []
+    for path in tqdm(metas, desc="scenes", unit="scene", disable=len(metas) < 20):
+        try:
+            meta = _read_scene_json(path)
+            row = {k: meta.get(k) for k in SCENE_COLUMNS if k != "well_observed"}
+            if aoi is not None:
+                kelp, cov = _scene_files(path.parent, str(meta["scene_id"]))
+                try:
+                    areas = aoi_areas(kelp, cov, aoi)
+                except (RasterioError, OSError) as err:
+                    raise TileError(kelp, f"not readable: {err}") from err
+                if areas is None:
+                    print(f"[timeseries] {meta['scene_id']}: outside the AOI", file=sys.stderr)
+                    continue
+                row.update(areas)
+        except TileError as err:
+            report.add(err)
+            continue
+        report.ok += 1
+        rows.append(row)
+    columns = list(SCENE_COLUMNS) + (list(AOI_COLUMNS) if aoi is not None else [])
+    table = pd.DataFrame(rows, columns=columns)
+    table["date"] = pd.to_datetime(table["date"], errors="coerce").dt.date
+    for col in ("kelp_ha", "water_ha", "water_clear_ha", "observed_fraction"):
+        table[col] = pd.to_numeric(table[col], errors="coerce")
+    table["pixel_area_assumed"] = table["pixel_area_assumed"].fillna(False).astype(bool)
+    good = table["observed_fraction"].fillna(0.0) >= min_observed
+    if aoi is not None:
+        good &= table["aoi_valid_fraction"].fillna(0.0) >= min_observed
+    table["well_observed"] = good
+    table = table.sort_values(["date", "scene_id"], na_position="last").reset_index(drop=True)
+    return table, report
+
+
+def tile_series(
+    pred: Path, groups_csv: Path, tiles: Path | None = None, *, min_observed: float = 0.8
+) -> tuple[pd.DataFrame, BatchReport, list[str]]:
+    """One series per AOI group of competition-tile predictions, ordered by tile id.
+
+    Args:
+        pred: Folder of ``{id}_kelp.tif`` masks.
+        groups_csv: ``groups.csv`` of ``kelpseg groups`` (columns tile_id, aoi).
+        tiles: Folder of the ``{id}_satellite.tif`` tiles, for water and its observed share;
+            None: those columns are empty.
+        min_observed: Observed fraction of a well-observed tile.
+
+    Returns:
+        The table, the batch report and the ids of predictions with no AOI group.
+    """
+    from kelpseg.io.discover import discover
+
+    pred = Path(pred)
+    if not pred.is_dir():
+        raise FileNotFoundError(f"{pred}: not a folder")
+    try:
+        groups = pd.read_csv(groups_csv, dtype={"tile_id": str})
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{groups_csv}: not a readable CSV: {err}") from err
+    if not {"tile_id", "aoi"} <= set(groups.columns):
+        raise ValueError(f"{groups_csv}: needs columns tile_id and aoi (a `kelpseg groups` table)")
+    aoi_of = dict(zip(groups["tile_id"], groups["aoi"], strict=True))
+    masks = {p.name[: -len("_kelp.tif")]: p for p in sorted(pred.rglob("*_kelp.tif"))}
+    if not masks:
+        raise FileNotFoundError(f"{pred}: no *_kelp.tif predictions")
+    images = {r.tile_id: r.image for r in discover(tiles)} if tiles is not None else {}
+    ungrouped = sorted(t for t in masks if t not in aoi_of)
+    report = BatchReport("timeseries")
+    rows = []
+    for tile_id in tqdm(sorted(t for t in masks if t in aoi_of), desc="tiles", unit="tile"):
+        try:
+            rows.append(_tile_row(tile_id, masks[tile_id], images.get(tile_id), tiles))
+        except TileError as err:
+            report.add(err)
+            continue
+        rows[-1]["aoi"] = aoi_of[tile_id]
+        report.ok += 1
+    table = pd.DataFrame(rows, columns=[c for c in TILE_COLUMNS if c != "order"])
+    table["well_observed"] = table["observed_fraction"].fillna(0.0) >= min_observed
+    if tiles is None:
+        table["well_observed"] = pd.NA
+    table = table.sort_values(["aoi", "tile_id"]).reset_index(drop=True)
+    table.insert(1, "order", table.groupby("aoi").cumcount())
+    return table, report, ungrouped
+
+
+def _tile_row(tile_id: str, mask_path: Path, image: Path | None, tiles: Path | None) -> dict:
+    from kelpseg.io.tiles import read_tile
+
+    try:
+        with open_raster(mask_path) as src:
+            mask, geo = src.read(1), georef_of(src)
+    except (RasterioError, OSError) as err:
+        raise TileError(mask_path, f"not a readable raster: {err}") from err
+    kelp = class_areas_ha(mask, geo.crs, geo.transform)
+    row: dict[str, Any] = {
+        "tile_id": tile_id,
+        "kelp_ha": kelp.get(1, 0.0),
+        "water_ha": math.nan,
+        "water_clear_ha": math.nan,
+        "observed_fraction": math.nan,
+        "pixel_area_assumed": geo.crs is None,
+    }
+    if tiles is not None:
+        if image is None:
+            raise TileError(mask_path, f"no {tile_id}_satellite.tif under {tiles}")
+        raw = read_tile(image, size=None)
+        if raw.shape[1:] != mask.shape:
+            raise TileError(image, f"shape {raw.shape[1:]} differs from the mask's {mask.shape}")
+        water, clear = _water(class_areas_ha(coverage_of_tile(raw), geo.crs, geo.transform))
+        row.update(water_ha=water, water_clear_ha=clear, observed_fraction=_fraction(clear, water))
+    return row
+
+
+def plot_series(table: pd.DataFrame, path: Path, *, min_observed: float = 0.8) -> Path:
+    """Kelp area over time (or tile order, one line per AOI group): well-observed points
+    filled, poorly observed ones hollow on a shaded band; observed fraction on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from kelpseg.io.raster import temp_beside
+
+    tiles = "aoi" in table.columns
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    ax2 = ax.twinx()
+    series = table.groupby("aoi", sort=True) if tiles else [("", table)]
+    for name, part in series:
+        x = part["order"].to_numpy() if tiles else pd.to_datetime(part["date"]).to_numpy()
+        good = part["well_observed"].fillna(True).astype(bool).to_numpy()
+        label = f"AOI {name}" if tiles else "kelp area"
+        (line,) = ax.plot(x, part["kelp_ha"], "-", lw=1, label=label)
+        ax.plot(x[good], part["kelp_ha"][good], "o", color=line.get_color())
+        ax.plot(x[~good], part["kelp_ha"][~good], "o", mfc="none", color=line.get_color())
+        for xi in x[~good]:
+            ax.axvline(xi, color="0.88", lw=8, zorder=0)
+        ax2.plot(x, part["observed_fraction"], ":", color="0.4", lw=1)
+    ax2.axhline(min_observed, color="0.6", lw=0.8, ls="--")
+    ax2.set_ylim(0, 1.05)
+    ax2.set_ylabel(f"observed fraction of the water (dotted; dashed: {min_observed})")
+    ax.set_ylabel("kelp area (ha)")
+    ax.set_xlabel("tile order within its AOI group (tiles carry no date)" if tiles else "date")
+    ax.set_title("Kelp area; hollow markers on grey: poorly observed (clouds), not kelp loss")
+    if not tiles or table["aoi"].nunique() <= 10:
+        ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    tmp = temp_beside(Path(path).with_suffix(".png"))
+    try:
+        fig.savefig(tmp, format="png", dpi=120)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(fig)
+    return Path(path)

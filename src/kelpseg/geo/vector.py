@@ -1,0 +1,126 @@
+"""Kelp-bed polygons from a mask (``rasterio.features.shapes``) and their GeoPackage output.
+
+Each polygon carries its area in hectares computed in the raster's CRS: planar area in the
+CRS's unit for a projected CRS, geodesic area (:meth:`pyproj.Geod.geometry_area_perimeter`)
+for a geographic one; without a CRS the polygons are in pixel units and each pixel counts
+:data:`~kelpseg.geo.area.ASSUMED_PIXEL_M` squared (column ``pixel_area_assumed``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pyogrio
+from affine import Affine
+from rasterio.features import shapes
+from shapely.geometry import shape
+
+from kelpseg.geo.area import ASSUMED_PIXEL_M, M2_PER_HA, geod_of, linear_unit_m, to_pyproj
+
+LAYER = "kelp"
+COLUMNS = ("id", "area_ha", "pixel_area_assumed")
+
+
+def _areas_ha(geoms: list, crs: Any) -> tuple[np.ndarray, bool]:
+    pcrs = to_pyproj(crs)
+    if pcrs is None:
+        return np.array([g.area for g in geoms]) * ASSUMED_PIXEL_M**2 / M2_PER_HA, True
+    if pcrs.is_geographic:
+        geod = geod_of(pcrs)
+        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms]) / M2_PER_HA, False
+    return np.array([g.area for g in geoms]) * linear_unit_m(pcrs) ** 2 / M2_PER_HA, False
+
+
+def kelp_polygons(
+    mask: np.ndarray,
+    transform: Affine | None,
+    crs: Any,
+    *,
+    min_area_ha: float = 0.0,
+    nodata: int = 255,
+    connectivity: int = 8,
+) -> gpd.GeoDataFrame:
+    """Polygons of mask == 1 (rasterio.features.shapes), column area_ha (geodesic when geographic),
+    id; beds under min_area_ha dropped (minimum mapping unit).
+
+    Args:
+        mask: ``(H, W)`` kelp mask: 1 kelp, 0 not, ``nodata`` unknown (never kelp).
+        transform: The mask's affine transform; None: pixel units.
+        crs: The mask's CRS (rasterio or pyproj CRS, or anything pyproj reads); None: none.
+        min_area_ha: Minimum mapping unit; smaller beds are dropped.
+        nodata: The mask's nodata value.
+        connectivity: 8 (diagonal neighbours join a bed) or 4.
+
+    Returns:
+        A GeoDataFrame (the mask's CRS) with ``id`` (1..n, by decreasing area), ``area_ha``,
+        ``pixel_area_assumed`` and polygon geometries, holes kept.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    kelp = (mask == 1) & (mask != nodata)
+    found = shapes(
+        kelp.view(np.uint8),
+        mask=kelp,
+        connectivity=connectivity,
+        transform=transform or Affine.identity(),
+    )
+    geoms = [shape(geom) for geom, _ in found]
+    areas, assumed = _areas_ha(geoms, crs)
+    gdf = gpd.GeoDataFrame(
+        {
+            "area_ha": pd.Series(areas, dtype="float64"),
+            "pixel_area_assumed": pd.Series([assumed] * len(geoms), dtype="bool"),
+        },
+        geometry=gpd.GeoSeries(geoms, crs=to_pyproj(crs)),
+    )
+    gdf = gdf[gdf["area_ha"] >= min_area_ha].sort_values("area_ha", ascending=False)
+    gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype="int64"))
+    return gdf.reset_index(drop=True)
+
+
+def _write_atomic(gdf: gpd.GeoDataFrame, path: Path, driver: str, **options: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
+    try:
+        with warnings.catch_warnings():  # no CRS: pixel units, said by pixel_area_assumed
+            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+            pyogrio.write_dataframe(
+                gdf, tmp, layer=LAYER, driver=driver, geometry_type="Polygon", **options
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_polygons(gdf: gpd.GeoDataFrame, path: Path, *, geojson: bool = False) -> list[Path]:
+    """GeoPackage (layer "kelp") at path, and path.with_suffix('.geojson') (EPSG:4326, as
+    RFC 7946 asks) when geojson; atomic.
+
+    An empty ``gdf`` still writes a valid layer with the schema. Polygons without a CRS (pixel
+    units) get no GeoJSON: a warning says so.
+    """
+    path = Path(path)
+    written = [_write_atomic(gdf, path, "GPKG")]
+    if geojson:
+        if gdf.crs is None:
+            warnings.warn(
+                f"{path}: polygons have no CRS (pixel units): no GeoJSON written", stacklevel=2
+            )
+        else:
+            written.append(
+                _write_atomic(
+                    gdf.to_crs("EPSG:4326"), path.with_suffix(".geojson"), "GeoJSON", RFC7946="YES"
+                )
+            )
+    return written
