@@ -573,6 +573,79 @@ def eda(
     typer.echo(f"report -> {page}")
 
 
+@app.command()
+def timeseries(
+    maps: Annotated[
+        Path,
+        typer.Argument(help="A `kelpseg map` output folder, or (with --groups) tile predictions."),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The CSV to write.")] = Path(
+        "timeseries.csv"
+    ),
+    aoi: Annotated[
+        Path | None,
+        typer.Option(help="Area of interest (GeoJSON, GeoPackage...); default: whole scenes."),
+    ] = None,
+    plot: Annotated[Path | None, typer.Option(help="Also draw the series to this PNG.")] = None,
+    min_observed: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Observed fraction of a well-observed date.")
+    ] = 0.8,
+    groups: Annotated[
+        Path | None,
+        typer.Option(help="Tiles mode: groups.csv of `kelpseg groups`; MAPS holds {id}_kelp.tif."),
+    ] = None,
+    tiles: Annotated[
+        Path | None,
+        typer.Option(help="Tiles mode: folder of the {id}_satellite.tif (water, clouds)."),
+    ] = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Kelp area per acquisition (inside --aoi) with the observed fraction of the water, so a
+    cloudy date is not read as kelp loss -> CSV (+ plot). (kelpseg.geo.timeseries)"""
+    from kelpseg.geo.timeseries import plot_series, read_aoi, scene_series, tile_series
+    from kelpseg.io.raster import atomic_write_text
+
+    if groups is None and tiles is not None:
+        _fail(ValueError("--tiles goes with --groups (competition tiles mode)"))
+    if groups is not None and aoi is not None:
+        _fail(ValueError("--aoi needs a `kelpseg map` folder; tiles are grouped by --groups"))
+    try:
+        if groups is not None:
+            table, report, ungrouped = tile_series(maps, groups, tiles, min_observed=min_observed)
+        else:
+            area = read_aoi(aoi) if aoi is not None else None
+            table, report = scene_series(maps, area, min_observed=min_observed)
+        report.finish(strict=strict)
+        atomic_write_text(out, table.to_csv(index=False))
+        if plot is not None and not table.empty:
+            plot_series(table, plot, min_observed=min_observed)
+    except (NothingValidError, FileNotFoundError, ValueError, OSError) as err:
+        _fail(err)
+    if table.empty:
+        why = f"has an AOI group in {groups}" if groups else f"overlaps the AOI {aoi}"
+        _fail(ValueError(f"{maps}: no acquisition {why}"))
+    if table["pixel_area_assumed"].any():
+        typer.echo(
+            "note: rasters without a CRS: 30 m x 30 m pixels assumed (column pixel_area_assumed)"
+        )
+    if groups is not None:
+        typer.echo(
+            f"tiles carry no date: one series per AOI group ({table['aoi'].nunique()}), "
+            "ordered by tile id (column order)"
+        )
+        if ungrouped:
+            typer.echo(
+                f"{len(ungrouped)} prediction(s) not in {groups} left out, e.g. {ungrouped[0]}"
+            )
+        if tiles is None:
+            typer.echo("no --tiles: water and observed fraction left empty")
+    poor = int((table["well_observed"] == False).sum())  # noqa: E712 (NA in tiles mode)
+    typer.echo(
+        f"{len(table)} rows, kelp {table['kelp_ha'].sum():.1f} ha in all, {poor} poorly observed "
+        f"(observed fraction < {min_observed}) -> {out}" + (f", {plot}" if plot else "")
+    )
+
+
 @app.command("config")
 def config_cmd(
     name: Annotated[

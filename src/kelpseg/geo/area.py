@@ -60,7 +60,7 @@ def row_areas_ha(crs: Any, transform: Affine | None, height: int) -> tuple[np.nd
         geod = geod_of(pcrs)
         out = np.empty(height)
         for row in range(height):
-            corners = [transform * xy for xy in ((0, row), (1, row), (1, row + 1), (0, row + 1))]
+            corners = [transform @ xy for xy in ((0, row), (1, row), (1, row + 1), (0, row + 1))]
             lons, lats = zip(*corners, strict=True)
             area, _ = geod.polygon_area_perimeter(lons, lats)
             out[row] = abs(area) / M2_PER_HA

@@ -117,7 +117,7 @@ def aoi_areas(kelp_path: Path, coverage_path: Path, aoi: Any) -> dict[str, Any] 
         geom = aoi.to_crs(geo.crs).iloc[0]
         inv = ~ksrc.transform
         xmin, ymin, xmax, ymax = geom.bounds
-        corners = [inv * xy for xy in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))]
+        corners = [inv @ xy for xy in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))]
         cs, rs = zip(*corners, strict=True)
         rows = (math.floor(min(rs)), math.ceil(max(rs)))
         cols = (math.floor(min(cs)), math.ceil(max(cs)))
