@@ -309,20 +309,25 @@ def plot_series(table: pd.DataFrame, path: Path, *, min_observed: float = 0.8) -
         x = part["order"].to_numpy() if tiles else pd.to_datetime(part["date"]).to_numpy()
         good = part["well_observed"].fillna(True).astype(bool).to_numpy()
         label = f"AOI {name}" if tiles else "kelp area"
-        (line,) = ax.plot(x, part["kelp_ha"], "-", lw=1, label=label)
-        ax.plot(x[good], part["kelp_ha"][good], "o", color=line.get_color())
-        ax.plot(x[~good], part["kelp_ha"][~good], "o", mfc="none", color=line.get_color())
+        kelp = part["kelp_ha"].to_numpy()
+        # the line joins well-observed points only: a cloudy date is a gap, not a dip
+        (line,) = ax.plot(x[good], kelp[good], "o-", lw=1, label=label)
+        ax.plot(x[~good], kelp[~good], "o", mfc="none", color=line.get_color())
         for xi in x[~good]:
-            ax.axvline(xi, color="0.88", lw=8, zorder=0)
-        ax2.plot(x, part["observed_fraction"], ":", color="0.4", lw=1)
+            ax2.axvline(xi, color="0.88", lw=8, zorder=0)
+        ax2.plot(x, part["observed_fraction"], "x:", color="0.4", lw=1, ms=4, label="_")
     ax2.axhline(min_observed, color="0.6", lw=0.8, ls="--")
     ax2.set_ylim(0, 1.05)
-    ax2.set_ylabel(f"observed fraction of the water (dotted; dashed: {min_observed})")
+    ax2.set_ylabel(f"observed fraction of the water (x; dashed: {min_observed})")
     ax.set_ylabel("kelp area (ha)")
     ax.set_xlabel("tile order within its AOI group (tiles carry no date)" if tiles else "date")
-    ax.set_title("Kelp area; hollow markers on grey: poorly observed (clouds), not kelp loss")
+    ax.set_title("Kelp area; hollow on grey: poorly observed (clouds), not kelp loss")
     if not tiles or table["aoi"].nunique() <= 10:
-        ax.legend(loc="upper left", fontsize="small")
+        ax.set_zorder(ax2.get_zorder() + 1)  # the legend over the second axis' lines
+        ax.patch.set_visible(False)
+        ax.legend(loc="upper left", fontsize="small", framealpha=0.9)
+    if not tiles:
+        fig.autofmt_xdate()
     fig.tight_layout()
     tmp = temp_beside(Path(path).with_suffix(".png"))
     try:
