@@ -102,6 +102,14 @@ def _read_over(src: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.nda
     return out
 
 
+def _densified(aoi: Any, parts: int = 256) -> Any:
+    """The AOI with vertices at most 1/``parts`` of its extent apart, so that its edges stay
+    where they were once reprojected (a parallel is a curve in UTM: ~1 km off over 300 km)."""
+    xmin, ymin, xmax, ymax = aoi.total_bounds
+    step = max(xmax - xmin, ymax - ymin) / parts
+    return aoi.segmentize(step) if step > 0 else aoi
+
+
 def aoi_areas(kelp_path: Path, coverage_path: Path, aoi: Any) -> dict[str, Any] | None:
     """Areas inside the AOI (a one-geometry GeoSeries with a CRS) of one mapped scene.
 
@@ -114,7 +122,7 @@ def aoi_areas(kelp_path: Path, coverage_path: Path, aoi: Any) -> dict[str, Any] 
         geo = georef_of(ksrc)
         if geo.crs is None:
             raise TileError(kelp_path, "no CRS: an AOI cannot be placed on it")
-        geom = aoi.to_crs(geo.crs).iloc[0]
+        geom = _densified(aoi).to_crs(geo.crs).iloc[0]
         inv = ~ksrc.transform
         xmin, ymin, xmax, ymax = geom.bounds
         corners = [inv @ xy for xy in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))]
