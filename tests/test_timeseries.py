@@ -215,6 +215,13 @@ def test_competition_tiles_grouped(tmp_path):
     assert ts.loc[1, "water_clear_ha"] == pytest.approx((water_px - cloudy_water) * 0.09)
     assert list(ts["well_observed"]) == [True, False, True]
     assert png.is_file()
+    png.unlink()
+    res = CliRunner().invoke(app, [*args[:4], "-o", str(out), "--plot", str(png)])  # no --tiles
+    assert res.exit_code == 0, res.output
+    assert "no --tiles" in res.output and png.is_file()
+    ts = pd.read_csv(out)
+    assert ts["water_ha"].isna().all() and ts["well_observed"].isna().all()
+    np.testing.assert_allclose(ts["kelp_ha"], [10 * 0.09, 20 * 0.09, 5 * 0.09])
 
 
 def test_large_wgs84_aoi_edges_follow_parallels(tmp_path):

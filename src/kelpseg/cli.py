@@ -639,9 +639,11 @@ def timeseries(
             )
         if tiles is None:
             typer.echo("no --tiles: water and observed fraction left empty")
-    poor = int((table["well_observed"] == False).sum())  # noqa: E712 (NA in tiles mode)
+    poor = table["well_observed"] == False  # noqa: E712 (NA in tiles mode without --tiles)
+    kelp = table.loc[~poor, "kelp_ha"]
+    span = f"kelp {kelp.min():.1f} to {kelp.max():.1f} ha" if len(kelp) else "no well-observed row"
     typer.echo(
-        f"{len(table)} rows, kelp {table['kelp_ha'].sum():.1f} ha in all, {poor} poorly observed "
+        f"{len(table)} rows, {span} where well observed, {int(poor.sum())} poorly observed "
         f"(observed fraction < {min_observed}) -> {out}" + (f", {plot}" if plot else "")
     )
 

@@ -67,7 +67,8 @@ def read_aoi(path: Path) -> Any:
     try:
         gdf = gpd.read_file(path)
     except Exception as err:  # pyogrio raises its own DataSourceError and others
-        raise ValueError(f"{path}: not a readable vector file: {err}") from err
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(f"{path}: not a readable vector file: {first}") from err
     if gdf.empty or gdf.geometry.isna().all():
         raise ValueError(f"{path}: no geometry")
     if gdf.crs is None:
