@@ -17,7 +17,7 @@ from shapely.geometry import Polygon, mapping
 from typer.testing import CliRunner
 
 from kelpseg.cli import app
-from kelpseg.geo.timeseries import read_aoi, scene_series
+from kelpseg.geo.timeseries import aoi_areas, read_aoi, scene_series
 from kelpseg.io.raster import Georef, write_raster
 
 H, W = 40, 50
@@ -145,7 +145,8 @@ def test_aoi_beyond_the_scene_edge_is_not_well_observed(maps, tmp_path):
     ts, report = scene_series(root, read_aoi(aoi))
     assert report.ok == 3
     # rows 30..37 are data, 38..39 the nodata edge, 40..49 outside the raster
-    np.testing.assert_allclose(ts["aoi_valid_fraction"], 8 / 20)
+    np.testing.assert_allclose(ts["aoi_valid_fraction"], 8 / 20, rtol=1e-4)
+    np.testing.assert_allclose(ts["aoi_ha"], 20 * 20 * 0.09, rtol=1e-4)  # outside part included
     assert not ts["well_observed"].any()
 
 
@@ -248,3 +249,12 @@ def test_large_wgs84_aoi_edges_follow_parallels(tmp_path):
     assert 0.3 < inside.mean() < 0.9
     expected = inside.sum() * px * px / 1e4
     assert ts["kelp_ha"].iloc[0] == pytest.approx(expected, rel=2e-4)
+
+
+def test_aoi_read_in_row_blocks_gives_the_same_areas(maps, tmp_path):
+    root, _ = maps
+    aoi = read_aoi(_aoi_geojson(tmp_path / "edge.geojson", rows=(3, 50), cols=(-4, 45)))
+    kelp, cov = root / "LC08_B" / "LC08_B_kelp.tif", root / "LC08_B" / "LC08_B_coverage.tif"
+    whole = aoi_areas(kelp, cov, aoi)
+    assert aoi_areas(kelp, cov, aoi, block_rows=7) == pytest.approx(whole, rel=1e-12)
+    assert whole["kelp_ha"] > 0 and whole["aoi_valid_fraction"] < 0.9

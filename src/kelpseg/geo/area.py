@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -85,3 +86,19 @@ def class_areas_ha(
     rows = rows[row_off:]
     values = np.unique(arr)
     return {int(v): float(((arr == v).sum(axis=1) * rows).sum()) for v in values if not np.isnan(v)}
+
+
+def geometry_areas_ha(geoms: Sequence[Any], crs: Any) -> tuple[np.ndarray, bool]:
+    """Area (ha) of shapely geometries in ``crs`` and whether the pixel area was assumed.
+
+    Projected: planar area x unit^2; geographic: geodesic (``Geod.geometry_area_perimeter``);
+    None: the geometries are in pixel units, each pixel :data:`ASSUMED_PIXEL_M` squared.
+    """
+    pcrs = to_pyproj(crs)
+    if pcrs is None:
+        return np.array([g.area for g in geoms]) * ASSUMED_PIXEL_M**2 / M2_PER_HA, True
+    if pcrs.is_geographic:
+        geod = geod_of(pcrs)
+        areas = [abs(geod.geometry_area_perimeter(g)[0]) for g in geoms]
+        return np.array(areas, dtype=float) / M2_PER_HA, False
+    return np.array([g.area for g in geoms]) * linear_unit_m(pcrs) ** 2 / M2_PER_HA, False

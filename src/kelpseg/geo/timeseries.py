@@ -30,9 +30,10 @@ import pandas as pd
 from rasterio.errors import RasterioError
 from rasterio.features import geometry_mask
 from rasterio.windows import Window
+from shapely.geometry import Polygon
 from tqdm.auto import tqdm
 
-from kelpseg.geo.area import class_areas_ha
+from kelpseg.geo.area import class_areas_ha, geometry_areas_ha
 from kelpseg.io.errors import BatchReport, TileError
 from kelpseg.io.raster import georef_of, open_raster
 from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX, missing_pixels
@@ -92,17 +93,6 @@ def _water(cov_areas: dict[int, float]) -> tuple[float, float]:
     return clear + cov_areas.get(CLOUDY_WATER, 0.0), clear
 
 
-def _read_over(src: Any, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-    """Band 1 over a pixel window that may reach beyond the raster (255 there)."""
-    (r0, r1), (c0, c1) = rows, cols
-    out = np.full((r1 - r0, c1 - c0), 255, dtype=np.uint8)
-    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, src.height), max(c0, 0), min(c1, src.width)
-    if rr0 < rr1 and cc0 < cc1:
-        win = Window(cc0, rr0, cc1 - cc0, rr1 - rr0)
-        out[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = src.read(1, window=win)
-    return out
-
-
 def _densified(aoi: Any, parts: int = 256) -> Any:
     """The AOI with vertices at most 1/``parts`` of its extent apart, so that its edges stay
     where they were once reprojected (a parallel is a curve in UTM: ~1 km off over 300 km)."""
@@ -111,11 +101,14 @@ def _densified(aoi: Any, parts: int = 256) -> Any:
     return aoi.segmentize(step) if step > 0 else aoi
 
 
-def aoi_areas(kelp_path: Path, coverage_path: Path, aoi: Any) -> dict[str, Any] | None:
+def aoi_areas(
+    kelp_path: Path, coverage_path: Path, aoi: Any, *, block_rows: int = 1024
+) -> dict[str, Any] | None:
     """Areas inside the AOI (a one-geometry GeoSeries with a CRS) of one mapped scene.
 
-    Only the window of the AOI's bounds (in the scene's CRS) is read. Returns None when the
-    AOI and the scene do not overlap.
+    Only the part of the scene under the AOI's bounds is read, ``block_rows`` rows at a time.
+    The part of the AOI outside the scene counts as no data in ``aoi_valid_fraction`` (its
+    area from the geometry). Returns None when the AOI and the scene do not overlap.
     """
     with open_raster(kelp_path) as ksrc, open_raster(coverage_path) as csrc:
         if (ksrc.height, ksrc.width) != (csrc.height, csrc.width):
@@ -124,31 +117,41 @@ def aoi_areas(kelp_path: Path, coverage_path: Path, aoi: Any) -> dict[str, Any] 
         if geo.crs is None:
             raise TileError(kelp_path, "no CRS: an AOI cannot be placed on it")
         geom = _densified(aoi).to_crs(geo.crs).iloc[0]
+        corners = [(0, 0), (ksrc.width, 0), (ksrc.width, ksrc.height), (0, ksrc.height)]
+        footprint = Polygon([ksrc.transform @ xy for xy in corners])
+        if not geom.intersects(footprint):
+            return None
         inv = ~ksrc.transform
         xmin, ymin, xmax, ymax = geom.bounds
-        corners = [inv @ xy for xy in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))]
-        cs, rs = zip(*corners, strict=True)
-        rows = (math.floor(min(rs)), math.ceil(max(rs)))
-        cols = (math.floor(min(cs)), math.ceil(max(cs)))
-        if rows[1] <= 0 or cols[1] <= 0 or rows[0] >= ksrc.height or cols[0] >= ksrc.width:
-            return None
-        height, width = rows[1] - rows[0], cols[1] - cols[0]
-        transform = ksrc.window_transform(Window(cols[0], rows[0], width, height))
-        inside = geometry_mask([geom], out_shape=(height, width), transform=transform, invert=True)
-        kelp = np.where(inside, _read_over(ksrc, rows, cols), OUTSIDE)
-        cov = np.where(inside, _read_over(csrc, rows, cols), OUTSIDE)
-    kelp_areas = class_areas_ha(kelp, geo.crs, transform)
-    cov_areas = class_areas_ha(cov, geo.crs, transform)
+        box = [inv @ xy for xy in ((xmin, ymin), (xmin, ymax), (xmax, ymin), (xmax, ymax))]
+        cs, rs = zip(*box, strict=True)
+        r0, r1 = max(math.floor(min(rs)), 0), min(math.ceil(max(rs)), ksrc.height)
+        c0, c1 = max(math.floor(min(cs)), 0), min(math.ceil(max(cs)), ksrc.width)
+        kelp_ha = 0.0
+        cov_areas: dict[int, float] = {}
+        for top in range(r0, r1, block_rows):
+            win = Window(c0, top, c1 - c0, min(block_rows, r1 - top))
+            transform = ksrc.window_transform(win)
+            inside = geometry_mask(
+                [geom], out_shape=(win.height, win.width), transform=transform, invert=True
+            )
+            kelp = np.where(inside, ksrc.read(1, window=win), OUTSIDE)
+            cov = np.where(inside, csrc.read(1, window=win), OUTSIDE)
+            kelp_ha += class_areas_ha(kelp, geo.crs, transform).get(1, 0.0)
+            for value, area in class_areas_ha(cov, geo.crs, transform).items():
+                cov_areas[value] = cov_areas.get(value, 0.0) + area
     water, clear = _water(cov_areas)
-    aoi_ha = sum(a for v, a in cov_areas.items() if v != OUTSIDE)
+    beyond = float(geometry_areas_ha([geom.difference(footprint)], geo.crs)[0][0])
+    aoi_ha = sum(a for v, a in cov_areas.items() if v != OUTSIDE) + beyond
+    valid = aoi_ha - beyond - cov_areas.get(255, 0.0)
     return {
-        "kelp_ha": kelp_areas.get(1, 0.0),
+        "kelp_ha": kelp_ha,
         "water_ha": water,
         "water_clear_ha": clear,
         "observed_fraction": _fraction(clear, water),
         "pixel_area_assumed": False,
         "aoi_ha": aoi_ha,
-        "aoi_valid_fraction": _fraction(aoi_ha - cov_areas.get(255, 0.0), aoi_ha),
+        "aoi_valid_fraction": _fraction(valid, aoi_ha),
     }
 
 

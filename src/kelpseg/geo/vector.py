@@ -22,20 +22,10 @@ from affine import Affine
 from rasterio.features import shapes
 from shapely.geometry import shape
 
-from kelpseg.geo.area import ASSUMED_PIXEL_M, M2_PER_HA, geod_of, linear_unit_m, to_pyproj
+from kelpseg.geo.area import geometry_areas_ha, to_pyproj
 
 LAYER = "kelp"
 COLUMNS = ("id", "area_ha", "pixel_area_assumed")
-
-
-def _areas_ha(geoms: list, crs: Any) -> tuple[np.ndarray, bool]:
-    pcrs = to_pyproj(crs)
-    if pcrs is None:
-        return np.array([g.area for g in geoms]) * ASSUMED_PIXEL_M**2 / M2_PER_HA, True
-    if pcrs.is_geographic:
-        geod = geod_of(pcrs)
-        return np.array([abs(geod.geometry_area_perimeter(g)[0]) for g in geoms]) / M2_PER_HA, False
-    return np.array([g.area for g in geoms]) * linear_unit_m(pcrs) ** 2 / M2_PER_HA, False
 
 
 def kelp_polygons(
@@ -74,7 +64,7 @@ def kelp_polygons(
         transform=transform or Affine.identity(),
     )
     geoms = [shape(geom) for geom, _ in found]
-    areas, assumed = _areas_ha(geoms, crs)
+    areas, assumed = geometry_areas_ha(geoms, crs)
     gdf = gpd.GeoDataFrame(
         {
             "area_ha": pd.Series(areas, dtype="float64"),
