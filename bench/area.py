@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     aoi_file = args.out / "aoi.geojson"
     import geopandas as gpd
 
-    poly = Polygon([to_ll.transform(x, y) for x, y in ring])
+    # vertices every 30 m, so that the lon/lat polygon follows the UTM rectangle's edges
+    dense = Polygon(ring).segmentize(30.0).exterior.coords
+    poly = Polygon([to_ll.transform(x, y) for x, y in dense])
     gpd.GeoDataFrame(geometry=[poly], crs=4326).to_file(aoi_file, driver="GeoJSON")
     table, _ = _timed(
         f"scene_series, {args.acquisitions} scenes, AOI 1/4 (EPSG:4326)",
