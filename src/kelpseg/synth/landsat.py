@@ -26,6 +26,7 @@ from pyproj import CRS as ProjCRS
 from pyproj import Transformer
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
+from rasterio.transform import array_bounds
 from rasterio.warp import reproject, transform_bounds
 
 from kelpseg.io.landsat import QA_DEFAULT_BITS, SENSOR_BANDS, SceneMeta, qa_mask
@@ -333,13 +334,10 @@ def write_dem(r: SceneRender, path: Path) -> Path:
     The generator's DEM (on the scene grid padded by ``PAD`` px) is reprojected bilinearly;
     offshore and outside the canvas it is nodata (-32768, declared).
     """
-    src_t = r.georef.transform * Affine.translation(-PAD, -PAD)
+    src_t = r.georef.transform @ Affine.translation(-PAD, -PAD)
     h, w = r.qa_pixel.shape
-    x0, y0 = r.georef.transform * (0, 0)
-    x1, y1 = r.georef.transform * (w, h)
-    west, south, east, north = transform_bounds(
-        r.georef.crs, "EPSG:4326", x0, y1, x1, y0, densify_pts=21
-    )
+    bounds = array_bounds(h, w, r.georef.transform)
+    west, south, east, north = transform_bounds(r.georef.crs, "EPSG:4326", *bounds, densify_pts=21)
     m = 8 * DEM_RES
     west, north = (
         math.floor((west - m) / DEM_RES) * DEM_RES,
