@@ -324,6 +324,7 @@ def stack_scene(
     qa_bits: Sequence[str] = QA_DEFAULT_BITS,
     block: int = 1024,
     progress: bool = False,
+    cache_mb: int = 256,
 ) -> SceneMeta:
     """Write the model's 7-band int16 input from a Collection 2 Level-2 scene folder.
 
@@ -345,6 +346,8 @@ def stack_scene(
             :data:`QA_CONFIDENCE`).
         block: Window side in pixels (memory per window ~ 40 bytes x block^2).
         progress: Show a progress bar over windows.
+        cache_mb: GDAL's block cache while stacking (``GDAL_CACHEMAX``; GDAL's default, 5 % of
+            the RAM, would let memory grow with the scene up to that much).
 
     Returns:
         The scene's metadata.
@@ -369,6 +372,7 @@ def stack_scene(
                 f"{', '.join(f'B{n}' for n in wanted)})",
             )
     with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20))
         qa_src = _open(stack, files.qa)
         srcs = [_open(stack, files.bands[b]) for b in wanted]
         for src in srcs:
