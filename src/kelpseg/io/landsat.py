@@ -324,7 +324,7 @@ def stack_scene(
     qa_bits: Sequence[str] = QA_DEFAULT_BITS,
     block: int = 1024,
     progress: bool = False,
-    cache_mb: int = 256,
+    cache_mb: int = 64,
 ) -> SceneMeta:
     """Write the model's 7-band int16 input from a Collection 2 Level-2 scene folder.
 
