@@ -235,6 +235,30 @@ def test_each_scene_problem_is_one_line_naming_the_file(scenes, tmp_path: Path) 
     with pytest.raises(SceneError, match=f"{pid}_SR_B4.TIF: grid .* differs"):
         stack_scene(folder, out)
 
+    folder, pid = _broken(sc, tmp_path, "dtype")
+    band = folder / f"{pid}_SR_B3.TIF"
+    with rasterio.open(band) as src:
+        profile, data = src.profile, src.read()
+    profile.update(dtype="float32", nodata=None)
+    with rasterio.open(band, "w", **profile) as dst:
+        dst.write(data.astype(np.float32))
+    with pytest.raises(SceneError, match=f"{pid}_SR_B3.TIF: expected one uint16 band"):
+        stack_scene(folder, out)
+
+    junk = tmp_path / "dem.tif"
+    junk.write_bytes(b"not a tiff")
+    with pytest.raises(SceneError, match=r"dem\.tif: not a readable raster"):
+        stack_scene(sc.folder, out, junk)
+    bare = tmp_path / "bare.tif"
+    with rasterio.open(sc.dem) as src:
+        z = src.read(1)
+    with rasterio.open(
+        bare, "w", driver="GTiff", width=z.shape[1], height=z.shape[0], count=1, dtype="int16"
+    ) as dst:
+        dst.write(z, 1)
+    with pytest.raises(SceneError, match=r"bare\.tif: the DEM has no CRS"):
+        stack_scene(sc.folder, out, bare)
+
     with pytest.raises(SceneError, match="not a Landsat scene folder"):
         stack_scene(tmp_path, out)
     with pytest.raises(ValueError, match="unknown QA bit"):

@@ -375,6 +375,11 @@ def stack_scene(
         stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20))
         qa_src = _open(stack, files.qa)
         srcs = [_open(stack, files.bands[b]) for b in wanted]
+        for src in (qa_src, *srcs):
+            if src.count != 1 or src.dtypes[0] != "uint16":
+                raise SceneError(
+                    src.name, f"expected one uint16 band, found {src.count} x {src.dtypes[0]}"
+                )
         for src in srcs:
             if _grid(src) != _grid(qa_src):
                 raise SceneError(
