@@ -7,6 +7,10 @@ Peak memory is the stacking process's peak resident set size (``VmHWM``, which, 
 ``ru_maxrss``, does not inherit the parent's peak across ``exec``).
 
     python bench/landsat_stack.py [--sizes 1024 2048] [--block 1024]
+
+With ``--checkpoint CKPT`` (a model trained on `kelpseg synth` tiles) it also predicts each
+stacked scene with ``kelpseg.infer.predict`` and prints the kelp Dice against the scene's
+truth (fill pixels left out), with true and predicted kelp area.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kelpseg.synth.landsat import write_landsat_scene
+import rasterio
+
+from kelpseg.synth.landsat import SyntheticScene, write_landsat_scene
 
 _CHILD = """
 import re, sys, time
@@ -43,10 +49,25 @@ def _stack(folder: Path, out: Path, dem: Path, block: int) -> tuple[float, float
     return float(secs), float(mib)
 
 
+def _dice(ckpt: Path, sc: SyntheticScene, stacked: Path, out: Path) -> str:
+    from kelpseg.infer.predict import load_model, predict_tiles
+
+    predict_tiles(load_model(ckpt), [(sc.meta.scene_id, stacked)], out)
+    with rasterio.open(out / f"{sc.meta.scene_id}_kelp.tif") as p, rasterio.open(sc.truth) as t:
+        pred, truth = p.read(1), t.read(1)
+    seen = truth != 255
+    pk, tk = (pred == 1) & seen, (truth == 1) & seen
+    dice = 2 * (pk & tk).sum() / max(int(pk.sum() + tk.sum()), 1)
+    return (
+        f"Dice {dice:.3f}, kelp true {tk.sum() * 0.09:.1f} ha, predicted {pk.sum() * 0.09:.1f} ha"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
     ap.add_argument("--block", type=int, default=1024)
+    ap.add_argument("--checkpoint", type=Path, default=None, help="Also score this model.")
     args = ap.parse_args()
     print(f"{'size':>6} {'Mpx':>6} {'write s':>8} {'stack s':>8} {'Mpx/s':>6} "
           f"{'peak MiB':>9} {'whole-array s':>14} {'peak MiB':>9}")  # fmt: skip
@@ -64,6 +85,8 @@ def main() -> None:
                 f"{mib:>9.0f} {whole_s:>14.2f} {whole_mib:>9.0f}",
                 flush=True,
             )
+            if args.checkpoint is not None:
+                print(f"       {_dice(args.checkpoint, sc, root / 'stacked.tif', root / 'pred')}")
     print(f"block {args.block} px; peak = VmHWM (peak resident set) of the stacking process")
 
 
