@@ -61,7 +61,7 @@ class SyntheticScene:
         dem: A DEM GeoTIFF in EPSG:4326 on its own grid (0 near the coast, nodata offshore).
         truth: uint8 kelp truth on the scene grid (1 kelp, 0 not, 255 fill).
         meta: Product id, sensor, date and folder.
-        kelp_ha: True kelp area (ha) on observed (not fill) pixels.
+        kelp_ha: True kelp area (ha) on observed pixels (not fill, not under opaque cloud).
     """
 
     folder: Path
@@ -137,7 +137,7 @@ def _area(area_seed: int, s: int) -> tuple[AoiPlan, tuple[int, int], np.random.G
         split="test",
         origin=(0.0, 0.0),
     )
-    path_row = (int(rng.integers(30, 50)), int(rng.integers(30, 40)))
+    path_row = (30 + area_seed % 20, 30 + (area_seed // 20) % 10)  # distinct for 200 areas
     return plan, path_row, rng
 
 
@@ -379,7 +379,8 @@ def write_landsat_scene(
     """Write one synthetic Collection 2 Level-2 scene folder, its DEM and truth into ``out``.
 
     Args:
-        out: Parent folder: ``out/{product_id}/`` (the scene), ``out/DEM_{path}{row}.tif``,
+        out: Parent folder: ``out/{product_id}/`` (the scene), ``out/DEM_{path}{row}.tif``
+            (WRS path/row are a function of ``area_seed``, distinct for 200 areas),
             ``out/{product_id}_truth.tif`` and ``_truth.json``.
         size: Side, or ``(rows, cols)``, in 30 m pixels.
         sensor: ``SPACECRAFT_ID``: LANDSAT_4/5/7/8/9 (band names and noise follow it;
