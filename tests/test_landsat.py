@@ -305,8 +305,8 @@ def test_a_model_trained_on_synth_tiles_finds_the_kelp_of_a_stacked_scene(
     trained, tmp_path: Path
 ) -> None:
     """The scene generator renders with the tile generator's spectra: the session's tiny model
-    (trained on 64 px `kelpseg synth` tiles) maps the kelp of a stacked 192 px scene."""
-    sc = write_landsat_scene(tmp_path, size=192, seed=0, kelp_abundance=0.8)
+    (trained on 64 px `kelpseg synth` tiles) maps the kelp of a stacked 256 px scene."""
+    sc = write_landsat_scene(tmp_path, size=256, seed=1, kelp_abundance=0.8)
     stacked = tmp_path / "stacked.tif"
     stack_scene(sc.folder, stacked, sc.dem)
     predict_tiles(load_model(trained.checkpoint), [(sc.meta.scene_id, stacked)], tmp_path / "p")
@@ -315,4 +315,4 @@ def test_a_model_trained_on_synth_tiles_finds_the_kelp_of_a_stacked_scene(
     seen = truth != 255
     p, t = (pred == 1) & seen, (truth == 1) & seen
     assert t.sum() > 500
-    assert 2 * (p & t).sum() / (p.sum() + t.sum()) > 0.5  # measured 0.78
+    assert 2 * (p & t).sum() / (p.sum() + t.sum()) > 0.5  # measured 0.85
