@@ -125,7 +125,8 @@ def _origin(crs: str, rng: np.random.Generator, h: int, w: int) -> tuple[CRS, Af
     return CRS.from_user_input(crs), Affine(PIXEL, 0.0, x0, 0.0, -PIXEL, y0)
 
 
-def _area(area_seed: int, s: int) -> tuple[AoiPlan, tuple[int, int], np.random.Generator]:
+def _area(area_seed: int) -> tuple[AoiPlan, tuple[int, int], np.random.Generator]:
+    """The area's plan (a kelp coast), WRS path/row, and its generator for the AOI builder."""
     rng = np.random.default_rng([area_seed, 9_001])
     plan = AoiPlan(
         index=0,
@@ -204,7 +205,7 @@ def render_landsat(
     h, w = _shape(size)
     s = max(h, w)
     area_seed = seed if area_seed is None else area_seed
-    plan, path_row, area_rng = _area(area_seed, s)
+    plan, path_row, area_rng = _area(area_seed)
     scene = build_aoi(area_rng, plan, s)
     ref = Georef(*_origin(crs, np.random.default_rng([area_seed, 9_002]), h, w))
     code = SENSOR_CODES[sensor]
