@@ -29,6 +29,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "postprocess.py": ([], []),  # needs a trained run: demo_out/run of `make demo`
     "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
     "area.py": ([], ["--size", "1000", "--beds", "100", "--acquisitions", "2"]),
+    "landsat_stack.py": ([], ["--sizes", "128", "256", "--block", "64"]),
 }
 
 

@@ -109,30 +109,162 @@ def _fail(err: Exception) -> None:
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Argument(help="Folder for the dataset (competition layout).")],
+    out: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Folder for the dataset (competition layout), or use -o.", show_default=False
+        ),
+    ] = None,
+    out_opt: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (same as OUT).")
+    ] = None,
     aois: Annotated[
         int, typer.Option(min=1, help="Areas of interest (each seen on several dates).")
     ] = 24,
     seed: int = 0,
-    size: Annotated[int, typer.Option(min=16, help="Tile side in px (350 = competition).")] = 350,
+    size: Annotated[
+        int | None,
+        typer.Option(
+            min=16, help="Tile side in px (default 350 = competition); scene side (1024)."
+        ),
+    ] = None,
     crs: Annotated[
-        str | None, typer.Option(help="Write georeferenced tiles, e.g. EPSG:32611.")
+        str | None,
+        typer.Option(
+            help="Write georeferenced tiles, e.g. EPSG:32611 (scenes: default EPSG:32611)."
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier synthetic set in OUT.")
     ] = False,
+    landsat_scene: Annotated[
+        bool,
+        typer.Option(
+            "--landsat-scene",
+            help="Write Landsat Collection 2 Level-2 scene folders (SR_B*, QA_PIXEL, MTL) with an "
+            "EPSG:4326 DEM and the kelp truth beside them, instead of tiles.",
+        ),
+    ] = False,
+    acquisitions: Annotated[
+        int, typer.Option(min=1, help="Scenes: dates of one area (a series when > 1).")
+    ] = 1,
+    sensor: Annotated[
+        str | None,
+        typer.Option(help="Scenes: LANDSAT_4/5/7/8/9 (default LANDSAT_8; a series: by year)."),
+    ] = None,
+    cloud_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.95, help="Scenes: opaque cloud share (one scene).")
+    ] = 0.1,
 ) -> None:
-    """Generate a synthetic Kelp-Wanted dataset; test masks + truth go beside OUT. (kelpseg.synth)"""
+    """Generate a synthetic Kelp-Wanted dataset (test masks + truth beside OUT), or with
+    --landsat-scene synthetic Landsat scene folders. (kelpseg.synth, kelpseg.synth.landsat)"""
+    if out is not None and out_opt is not None and out != out_opt:
+        _fail(ValueError(f"two output folders given: {out} and -o {out_opt}"))
+    out = out or out_opt
+    if out is None:
+        _fail(ValueError("give the output folder (OUT or -o)"))
+    if landsat_scene:
+        _synth_scenes(
+            out,
+            seed,
+            size or 1024,
+            crs or "EPSG:32611",
+            overwrite,
+            acquisitions,
+            sensor,
+            cloud_fraction,
+        )
+        return
     from kelpseg.synth import generate
 
     try:
-        res = generate(out, aois=aois, seed=seed, size=size, crs=crs, overwrite=overwrite)
+        res = generate(out, aois=aois, seed=seed, size=size or 350, crs=crs, overwrite=overwrite)
     except FileExistsError as err:
         _fail(FileExistsError(f"{err}: choose another folder or pass --overwrite"))
     except ValueError as err:
         _fail(err)
     typer.echo(f"{res.n_train} train + {res.n_test} test tiles in {res.root}")
     typer.echo(f"test masks: {res.test_masks}\ntruth: {res.truth_csv}")
+
+
+def _synth_scenes(
+    out: Path,
+    seed: int,
+    size: int,
+    crs: str,
+    overwrite: bool,
+    acquisitions: int,
+    sensor: str | None,
+    cloud_fraction: float,
+) -> None:
+    """``kelpseg synth --landsat-scene``: one scene, or a series of one area."""
+    from kelpseg.synth.landsat import write_landsat_scene, write_landsat_series
+
+    try:
+        if acquisitions == 1:
+            scenes = [
+                write_landsat_scene(
+                    out,
+                    size=size,
+                    sensor=sensor or "LANDSAT_8",
+                    seed=seed,
+                    crs=crs,
+                    cloud_fraction=cloud_fraction,
+                    overwrite=overwrite,
+                )
+            ]
+        else:
+            scenes = write_landsat_series(
+                out,
+                acquisitions=acquisitions,
+                size=size,
+                seed=seed,
+                sensor=sensor,
+                crs=crs,
+                overwrite=overwrite,
+            )
+    except FileExistsError as err:
+        _fail(FileExistsError(f"{err}: choose another folder or pass --overwrite"))
+    except ValueError as err:
+        _fail(err)
+    for sc in scenes:
+        typer.echo(f"{sc.folder}  {sc.meta.sensor} {sc.meta.date}  true kelp {sc.kelp_ha:.2f} ha")
+    typer.echo(f"DEM: {scenes[0].dem}\ntruth: {out}/*_truth.tif, *_truth.json")
+
+
+@app.command()
+def stack(
+    scene: Annotated[Path, typer.Argument(help="A Landsat Collection 2 Level-2 scene folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The 7-band GeoTIFF to write.")],
+    dem: Annotated[
+        Path | None,
+        typer.Option(help="DEM GeoTIFF in any CRS (0 or nodata at sea); none: DEM band missing."),
+    ] = None,
+    qa_bits: Annotated[
+        str,
+        typer.Option(
+            help="QA_PIXEL flags that make QA = 1: fill, dilated_cloud, cirrus, cloud, "
+            "cloud_shadow, snow, cloud_conf_medium, cloud_conf_high, shadow_conf_high, "
+            "snow_conf_high, cirrus_conf_high."
+        ),
+    ] = ",".join(("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow")),
+    block: Annotated[
+        int, typer.Option(min=16, help="Window side in px (memory per window).")
+    ] = 1024,
+) -> None:
+    """Scene folder (+ DEM) -> the model's 7-band int16 input (SWIR1, NIR, Red, Green, Blue, QA,
+    DEM; -32768 fill), written window by window. (kelpseg.io.landsat)"""
+    from kelpseg.io.landsat import SceneError, stack_scene
+
+    if out.exists() and out.is_dir():
+        _fail(IsADirectoryError(f"-o {out}: a folder, give the .tif file to write"))
+    if dem is not None and not dem.is_file():
+        _fail(FileNotFoundError(f"--dem {dem}: not found"))
+    try:
+        meta = stack_scene(scene, out, dem, qa_bits=qa_bits.split(","), block=block, progress=True)
+    except (SceneError, ValueError, OSError) as err:
+        _fail(err)
+    typer.echo(f"{meta.scene_id} ({meta.sensor}, {meta.date}) -> {out}")
 
 
 @app.command()

@@ -32,9 +32,9 @@ class Clouds:
 class Rendered:
     """A rendered tile: the 7-band image, the written and true masks, and truth fields.
 
-    ``layers`` holds the boolean ground-truth layers behind the image: ``land``, ``cloud``
-    (opaque), ``qa_commission`` (clear pixels the QA band flags as cloud), ``stripes`` and
-    ``scene_edge``.
+    ``layers`` holds the ground-truth layers behind the image: ``land``, ``cloud``
+    (opaque), ``qa_commission`` (clear pixels the QA band flags as cloud), ``stripes``,
+    ``scene_edge``, ``shadow`` (cloud shadow, boolean) and ``haze`` (thin-cloud weight, float).
     """
 
     image: np.ndarray
@@ -260,5 +260,7 @@ def render_tile(rng: np.random.Generator, scene: AoiScene, tile: TilePlan) -> Re
         "qa_commission": commission,
         "stripes": stripes,
         "scene_edge": edge,
+        "shadow": cl.shadow if cl is not None else np.zeros((s, s), bool),
+        "haze": cl.haze if cl is not None else np.zeros((s, s), np.float32),
     }
     return Rendered(image=image, mask=mask, true_mask=true_mask, truth=truth, layers=layers)
