@@ -3,7 +3,7 @@
 Every worker opens the study in an Optuna RDB storage (``sqlite:///OUT/study.db`` alone,
 PostgreSQL or MySQL for several machines) with ``load_if_exists``, so any number of workers
 with the same ``--storage`` and ``--study`` share it. ``--trials N`` is the study's total:
-a worker stops once N trials are complete, pruned, running or waiting. Trials carry a
+a worker stops once N trials are complete, pruned or running and none is waiting. Trials carry a
 heartbeat; a trial whose worker died is marked FAIL by the next worker after the grace period
 and re-queued with the same parameters (:class:`optuna.storages.RetryHeartbeatStaleTrialCallback`).
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
+import pandas as pd
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -23,8 +24,6 @@ from kelpseg.config import Config, ConfigError, apply_values, dump_config
 from kelpseg.io.raster import atomic_write_text
 from kelpseg.tune.space import SearchSpace, label
 
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-ALIVE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
 MAX_FAILURES_IN_A_ROW = 3
 
 
@@ -48,13 +47,15 @@ def storage_url(storage: str | None, out: Path) -> str:
 def open_storage(url: str, heartbeat: int = 60, grace: int | None = None) -> RDBStorage:
     """An RDB storage with trial heartbeats; stale trials are failed and re-queued (twice)."""
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    return RDBStorage(
-        url,
-        engine_kwargs=engine,
-        heartbeat_interval=heartbeat,
-        grace_period=grace or 2 * heartbeat,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
-    )
+    with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(
+            url,
+            engine_kwargs=engine,
+            heartbeat_interval=heartbeat,
+            grace_period=grace or 2 * heartbeat,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2),
+        )
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -91,9 +92,12 @@ def open_study(
     )
 
 
-def alive(study: optuna.Study) -> int:
-    """Trials that count towards ``--trials``: complete, pruned, running or waiting."""
-    return len(study.get_trials(deepcopy=False, states=ALIVE))
+def done(study: optuna.Study, total: int) -> bool:
+    """``total`` trials are complete, pruned or running, and none waits to be run (re-queued
+    or enqueued trials are always run)."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    started = sum(s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) for s in states)
+    return started >= total and TrialState.WAITING not in states
 
 
 def parent_run(base: Config, out: Path, study: optuna.Study, space_file: Path) -> str:
@@ -169,7 +173,9 @@ def tune(
     _check_sampler_keys(space, list(prep.train.columns))
     packed = pack_training(prep, base, out)
     study = open_study(storage_url(storage, out), study_name, space, heartbeat, grace)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     objective = Objective(
         prep, packed, base, space, out, trials, parent_run(base, out, study, space_file)
     )
@@ -178,7 +184,7 @@ def tune(
     def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus")
         objective.failures_in_a_row = objective.failures_in_a_row + 1 if failed else 0
-        if alive(study) >= trials:
+        if done(study, trials):
             study.stop()
         elif objective.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
             logging.getLogger("kelpseg").error(
@@ -186,7 +192,7 @@ def tune(
             )
             study.stop()
 
-    if alive(study) < trials:
+    if not done(study, trials):
         study.optimize(
             objective,
             timeout=timeout,
@@ -234,7 +240,7 @@ def write_outputs(study: optuna.Study, space: SearchSpace, base: Config, out: Pa
         attrs=("number", "value", "state", "datetime_start", "duration", "params", "user_attrs")
     )
     if "duration" in table:
-        table["duration"] = table["duration"].dt.total_seconds().round(1)
+        table["duration"] = pd.to_timedelta(table["duration"]).dt.total_seconds().round(1)
     table = table.drop(columns=[c for c in table if c == "user_attrs_values"])
     trials_csv = atomic_write_text(out / "trials.csv", table.to_csv(index=False))
     best_yaml = None
