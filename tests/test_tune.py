@@ -120,7 +120,8 @@ def test_local_study_writes_a_trainable_best_config(tiny_data, tmp_path) -> None
     )
     out = tmp_path / "out"
     args = ["tune", str(tiny_data), "-c", "tiny", "--space", str(space), "--trials", "2"]
-    res = CliRunner().invoke(app, [*args, "-o", str(out), *sum((["-s", s] for s in SETS), [])])
+    sets = [arg for s in SETS for arg in ("-s", s)]
+    res = CliRunner().invoke(app, [*args, "-o", str(out), *sets])
     assert res.exit_code == 0, res.output
     assert (out / "study.db").is_file()
 
