@@ -303,6 +303,8 @@ def tune(
     except ConfigError as err:
         typer.secho(f"config error: {err}", fg="red", err=True)
         raise typer.Exit(2) from err
+    except ImportError as err:  # no database driver for the --storage URL
+        _fail(ImportError(f"--storage {storage}: {err} ({err.__cause__})"))
     except (NothingValidError, FileNotFoundError, ValueError) as err:
         _fail(err)
     counts: dict[str, int] = {}

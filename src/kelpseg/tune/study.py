@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 import optuna
@@ -40,8 +41,17 @@ class TuneResult:
 
 
 def storage_url(storage: str | None, out: Path) -> str:
-    """The study's storage: ``storage``, or ``sqlite:///OUT/study.db``."""
-    return storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    """The study's storage: ``storage``, or ``sqlite:///OUT/study.db``.
+
+    A plain ``postgresql://`` URL gets the installed driver: SQLAlchemy 2.1 picks psycopg 3,
+    the project installs psycopg2 (``postgresql+psycopg2://``).
+    """
+    if storage is None:
+        return f"sqlite:///{(out / 'study.db').resolve()}"
+    plain = storage.startswith("postgresql://")
+    if plain and find_spec("psycopg") is None and find_spec("psycopg2") is not None:
+        return "postgresql+psycopg2://" + storage.removeprefix("postgresql://")
+    return storage
 
 
 def open_storage(url: str, heartbeat: int = 60, grace: int | None = None) -> RDBStorage:
