@@ -77,7 +77,7 @@ def _worker(data, base, space, out: Path, url: str, study: str, trials: int, see
     shutil.copytree(base, out)
     cmd = [sys.executable, "-m", "kelpseg", "tune", str(data), "-c", "tiny", "--space"]
     cmd += [str(space), "--trials", str(trials), "--storage", url, "--study", study]
-    cmd += ["-o", str(out), "--heartbeat", "1", "--grace", "4", "-s", f"train.seed={seed}"]
+    cmd += ["-o", str(out), "--heartbeat", "1", "--grace", "4", "--seed", str(seed)]
     cmd += [arg for s in [*SETS, *more] for arg in ("-s", s)]
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

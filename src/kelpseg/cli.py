@@ -269,6 +269,10 @@ def tune(
             "re-queued (default 2 x heartbeat).",
         ),
     ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="TPE seed (default: the space's study.seed); one per worker."),
+    ] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
@@ -283,6 +287,8 @@ def tune(
     try:
         space_path = Path(space)
         search = load_space(space_path, cfg)
+        if seed is not None:
+            search.study.seed = seed
         if not space_path.is_file():
             from importlib import resources
 
