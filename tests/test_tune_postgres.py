@@ -124,7 +124,7 @@ def test_two_workers_share_one_study(postgres, prepared, tmp_path) -> None:
 def test_a_killed_worker_leaves_the_study_usable(postgres, prepared, tmp_path) -> None:
     data, base, space = prepared
     long = "train.max_epochs=20"  # so that it is killed mid-trial
-    victim = _worker(data, base, space, tmp_path / "victim", postgres, "killed", 2, 0, long)
+    victim = _worker(data, base, space, tmp_path / "victim", postgres, "killed", 1, 0, long)
     # wait until its first trial has been running (training) for a moment, then kill it
     deadline = time.monotonic() + 180
     running = []
@@ -135,7 +135,7 @@ def test_a_killed_worker_leaves_the_study_usable(postgres, prepared, tmp_path) -
             running = []
         if running and time.time() - running[0].datetime_start.timestamp() > 1.0:
             break
-        time.sleep(0.3)
+        time.sleep(0.5)
     assert running and victim.poll() is None, "the worker never started a trial"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
@@ -143,7 +143,7 @@ def test_a_killed_worker_leaves_the_study_usable(postgres, prepared, tmp_path) -
     assert _study(postgres, "killed").trials[killed].state == TrialState.RUNNING  # stale
 
     time.sleep(4)  # the grace period: its heartbeat is now too old
-    log = _finish(_worker(data, base, space, tmp_path / "next", postgres, "killed", 2, seed=1))
+    log = _finish(_worker(data, base, space, tmp_path / "next", postgres, "killed", 1, seed=1))
 
     study = _study(postgres, "killed")
     states = {t.number: t.state for t in study.trials}
@@ -152,6 +152,6 @@ def test_a_killed_worker_leaves_the_study_usable(postgres, prepared, tmp_path) -
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert retried[0].params == study.trials[killed].params  # re-run with the same values
-    assert sum(s == TrialState.COMPLETE for s in states.values()) == 2
+    assert sum(s == TrialState.COMPLETE for s in states.values()) == 1  # the study's total
     assert study.best_trial.value >= 0  # the study is usable
     assert "best: trial" in log

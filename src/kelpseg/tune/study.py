@@ -11,6 +11,8 @@ and re-queued with the same parameters (:class:`optuna.storages.RetryHeartbeatSt
 from __future__ import annotations
 
 import logging
+import random
+import time
 import warnings
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -91,15 +93,28 @@ def make_pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 def open_study(
     url: str, name: str, space: SearchSpace, heartbeat: int = 60, grace: int | None = None
 ) -> optuna.Study:
-    """Create the study, or join it when it exists."""
-    return optuna.create_study(
-        storage=open_storage(url, heartbeat, grace),
-        study_name=name,
-        direction="maximize",
-        sampler=make_sampler(space),
-        pruner=make_pruner(space),
-        load_if_exists=True,
-    )
+    """Create the study, or join it when it exists.
+
+    Workers starting together on an empty database race to create Optuna's tables (PostgreSQL
+    then refuses one with a unique violation): the loser tries again, a few times.
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(5):
+        try:
+            return optuna.create_study(
+                storage=open_storage(url, heartbeat, grace),
+                study_name=name,
+                direction="maximize",
+                sampler=make_sampler(space),
+                pruner=make_pruner(space),
+                load_if_exists=True,
+            )
+        except IntegrityError:
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def done(study: optuna.Study, total: int) -> bool:
