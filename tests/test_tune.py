@@ -123,6 +123,7 @@ def test_local_study_writes_a_trainable_best_config(tiny_data, tmp_path) -> None
     sets = [arg for s in SETS for arg in ("-s", s)]
     res = CliRunner().invoke(app, [*args, "-o", str(out), *sets])
     assert res.exit_code == 0, res.output
+    assert "study 'kelpseg': 2 trials (2 complete), 2 by this worker" in res.output
     assert (out / "study.db").is_file()
 
     trials = pd.read_csv(out / "trials.csv")

@@ -40,6 +40,7 @@ class TuneResult:
     plots: list[Path] = field(default_factory=list)
     skipped_plots: list[str] = field(default_factory=list)
     ran: int = 0
+    """Trials this worker ran."""
 
 
 def storage_url(storage: str | None, out: Path) -> str:
@@ -187,7 +188,7 @@ def tune(
     """
     from kelpseg.pipeline import pack_training, prepare
     from kelpseg.train.fit import tracking_uri
-    from kelpseg.tune.objective import Objective, SurplusTrialError
+    from kelpseg.tune.objective import WORKER, Objective, SurplusTrialError
 
     space.check(base)
     out.mkdir(parents=True, exist_ok=True)
@@ -204,7 +205,6 @@ def tune(
     objective = Objective(
         prep, packed, base, space, out, trials, parent_run(base, out, study, space_file)
     )
-    before = {t.number for t in study.get_trials(deepcopy=False)}
 
     def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus")
@@ -225,7 +225,10 @@ def tune(
             catch=(SurplusTrialError, ConfigError, ValueError),
             gc_after_trial=True,
         )
-    ran = len({t.number for t in study.get_trials(deepcopy=False)} - before)
+    ran = sum(
+        t.user_attrs.get("worker") == WORKER and not t.user_attrs.get("surplus")
+        for t in study.get_trials(deepcopy=False)
+    )
     yaml_base = base.model_copy(deep=True)
     yaml_base.tracking.uri = original_uri  # best.yaml carries the user's tracking setting
     result = write_outputs(study, space, yaml_base, out)
