@@ -196,3 +196,20 @@ def test_a_trial_forced_bad_is_pruned(tiny_data, tmp_path) -> None:
     assert runs.loc["1", "status"] == "KILLED"
     assert "param_importances.png: needs 2 complete trials, have 1" in res.skipped_plots
     assert load_config(res.best_yaml).predict.threshold == 1.0e-6
+
+
+def test_cli_refuses_a_bad_space_before_any_work(tmp_path) -> None:
+    from kelpseg.cli import app
+
+    space = _space(tmp_path, {"params": {"train.lrr": [1e-3]}})
+    out = tmp_path / "out"
+    args = ["tune", str(tmp_path), "-c", "tiny", "--space", str(space), "--trials", "2"]
+    res = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert res.exit_code == 2
+    assert "config error" in res.output and "'train.lrr'" in res.output
+    assert "Traceback" not in res.output and not out.exists()
+    good = [*args[:-4], "--space", "space_tiny", "--trials", "1", "-o", str(out)]
+    res = CliRunner().invoke(app, good)
+    assert res.exit_code == 1 and "no *_satellite.tif tiles found" in res.output, res.output
+    res = CliRunner().invoke(app, [*args, "--heartbeat", "5", "--grace", "5"])
+    assert res.exit_code == 1 and "--grace (5) must be longer" in res.output
