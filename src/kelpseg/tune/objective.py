@@ -4,7 +4,9 @@ The data tables and the packed cache are prepared once per worker (:class:`Objec
 them); each trial applies its sampled values to the base config, trains every fold of
 ``train.folds`` into ``OUT/trials/NNNN/fold*/`` and returns the mean best validation Dice.
 The pruner sees ``val/dice`` after every epoch (:class:`TrialPruning`); a pruned trial stops
-at the end of that epoch.
+at the end of that epoch. (``optuna_integration.PyTorchLightningPruningCallback`` works with
+our Lightning, but it raises inside ``fit``, so the fold's MLflow run ends failed and its
+result is not saved, and it reports every fold of a trial at the same steps.)
 """
 
 from __future__ import annotations
