@@ -213,3 +213,19 @@ def test_cli_refuses_a_bad_space_before_any_work(tmp_path) -> None:
     assert res.exit_code == 1 and "no *_satellite.tif tiles found" in res.output, res.output
     res = CliRunner().invoke(app, [*args, "--heartbeat", "5", "--grace", "5"])
     assert res.exit_code == 1 and "--grace (5) must be longer" in res.output
+
+
+def test_storage_urls_and_pruners(tmp_path) -> None:
+    from importlib.util import find_spec
+
+    from kelpseg.tune.study import make_pruner, storage_url
+
+    assert storage_url(None, tmp_path) == f"sqlite:///{tmp_path.resolve()}/study.db"
+    url = storage_url("postgresql://u:p@host/db", tmp_path)
+    if find_spec("psycopg") is None and find_spec("psycopg2") is not None:
+        assert url == "postgresql+psycopg2://u:p@host/db"  # the installed driver
+    assert storage_url("mysql://h/db", tmp_path) == "mysql://h/db"
+    kinds = {"median": "MedianPruner", "hyperband": "HyperbandPruner", "none": "NopPruner"}
+    for name, cls in kinds.items():
+        space = SearchSpace.model_validate({"study": {"pruner": name}, "params": {"train.lr": [1]}})
+        assert type(make_pruner(space)).__name__ == cls
