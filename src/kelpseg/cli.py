@@ -365,6 +365,108 @@ def train(
 
 
 @app.command()
+def tune(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    space: Annotated[
+        str,
+        typer.Option(
+            help="Search-space YAML, or built-in `space` (the 2nd-place grid) / `space_tiny`."
+        ),
+    ],
+    trials: Annotated[
+        int, typer.Option(min=1, help="Trials the study should hold, all workers together.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_tune"),
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Optuna storage URL shared by workers, e.g. postgresql://user@host/db; "
+            "default sqlite:///OUT/study.db."
+        ),
+    ] = None,
+    study: Annotated[
+        str, typer.Option(help="Study name (workers with the same one share it).")
+    ] = "kelpseg",
+    timeout: Annotated[
+        float | None, typer.Option(min=0, help="Start no new trial after S seconds.")
+    ] = None,
+    heartbeat: Annotated[
+        int, typer.Option(min=1, help="Seconds between a running trial's heartbeats.")
+    ] = 60,
+    grace: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Seconds without heartbeat before a trial is failed and "
+            "re-queued (default 2 x heartbeat).",
+        ),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="TPE seed (default: the space's study.seed); one per worker."),
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Optuna search (TPE, pruning on val/dice) over config keys -> OUT/best.yaml, trials.csv,
+    plots; trials are MLflow runs nested under the study's run. (kelpseg.tune.study)"""
+    from kelpseg.tune.space import load_space
+    from kelpseg.tune.study import tune as run_tune
+
+    cfg = _config(config, set_)
+    if grace is not None and grace <= heartbeat:
+        _fail(ValueError(f"--grace ({grace}) must be longer than --heartbeat ({heartbeat})"))
+    try:
+        space_path = Path(space)
+        search = load_space(space_path, cfg)
+        if seed is not None:
+            search.study.seed = seed
+        if not space_path.is_file():
+            from importlib import resources
+
+            space_path = Path(str(resources.files("kelpseg") / "configs" / f"{space}.yaml"))
+        result = run_tune(
+            data,
+            cfg,
+            search,
+            space_path,
+            out,
+            trials,
+            storage=storage,
+            study_name=study,
+            timeout=timeout,
+            heartbeat=heartbeat,
+            grace=grace,
+        )
+    except ConfigError as err:
+        typer.secho(f"config error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from err
+    except ImportError as err:  # no database driver for the --storage URL
+        _fail(ImportError(f"--storage {storage}: {err} ({err.__cause__})"))
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    counts: dict[str, int] = {}
+    for t in result.study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    typer.echo(
+        f"study {study!r}: {len(result.study.trials)} trials ("
+        + ", ".join(f"{n} {k.lower()}" for k, n in counts.items() if n)
+        + f"), {result.ran} by this worker"
+    )
+    if result.best_yaml is None:
+        typer.echo("no complete trial yet: no best.yaml")
+    else:
+        best = result.study.best_trial
+        typer.echo(f"best: trial {best.number}, validation Dice {best.value:.4f}")
+        typer.echo(f"-> {result.best_yaml} (kelpseg train DATA -c {result.best_yaml})")
+    typer.echo(f"-> {result.trials_csv}")
+    for path in result.plots:
+        typer.echo(f"-> {path}")
+    for why in result.skipped_plots:
+        typer.echo(f"plot skipped: {why}")
+
+
+@app.command()
 def predict(
     args: Annotated[
         list[Path],

@@ -283,10 +283,12 @@ def builtin_config(name: str) -> Path:
 
 
 def builtin_names() -> list[str]:
-    """Names of the configs shipped with kelpseg."""
+    """Names of the configs shipped with kelpseg (``space*.yaml`` are `kelpseg tune` spaces)."""
     folder = resources.files("kelpseg") / "configs"
     return sorted(
-        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+        p.name.removesuffix(".yaml")
+        for p in folder.iterdir()
+        if p.name.endswith(".yaml") and not p.name.startswith("space")
     )
 
 
@@ -364,3 +366,12 @@ def flatten(cfg: Config) -> dict[str, Any]:
             else:
                 out[f"{section}.{key}"] = value
     return out
+
+
+def apply_values(cfg: Config, values: dict[str, Any]) -> Config:
+    """A copy of ``cfg`` with ``{"train.lr": 1e-3, ...}`` set (dotted keys, Python values),
+    validated as a whole (:class:`ConfigError` otherwise); used by ``kelpseg tune``."""
+    tree = cfg.model_dump(mode="json")
+    for key, value in values.items():
+        _set_dotted(tree, key, value)
+    return _validate(tree)

@@ -245,14 +245,9 @@ def cache_shape(train: pd.DataFrame, size: int | None) -> int | tuple[int, int]:
     return int(train["height"].max()), int(train["width"].max())
 
 
-def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
-    """Pack the training tiles and train the configured folds.
-
-    Every valid training tile is packed (validation uses the ``data.exclude``d ones too);
-    training skips the rows whose ``excluded`` is True.
-    """
+def pack_training(prep: Prepared, cfg: Config, out: Path):
+    """The packed cache ``out/cache`` of every valid training tile (built or reused)."""
     from kelpseg.data.cache import build_cache
-    from kelpseg.train.fit import train_fold
 
     ids = prep.train["tile_id"].tolist()
     refs = [prep.refs[t] for t in ids]
@@ -260,7 +255,18 @@ def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
     if cfg.data.correct_dem_shift:
         shifts = dict(zip(ids, dem_shifts(prep.stats, ids), strict=True))
     shape = cache_shape(prep.train, cfg.data.tile_size)
-    packed = build_cache(refs, out / "cache", shape, shifts)
+    return build_cache(refs, out / "cache", shape, shifts)
+
+
+def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
+    """Pack the training tiles and train the configured folds.
+
+    Every valid training tile is packed (validation uses the ``data.exclude``d ones too);
+    training skips the rows whose ``excluded`` is True.
+    """
+    from kelpseg.train.fit import train_fold
+
+    packed = pack_training(prep, cfg, out)
     return [train_fold(cfg, prep.train, packed, k, out) for k in fold_list(cfg)]
 
 

@@ -132,8 +132,11 @@ def callbacks(
     return cbs, ckpt
 
 
-def mlflow_logger(cfg: Config, out: Path, fold: int, run_id: str | None) -> MLFlowLogger:
-    """The fold's MLflow run (continued when ``run_id`` is given)."""
+def mlflow_logger(
+    cfg: Config, out: Path, fold: int, run_id: str | None, parent_run_id: str | None = None
+) -> MLFlowLogger:
+    """The fold's MLflow run (continued when ``run_id`` is given), nested under
+    ``parent_run_id`` when given (``kelpseg tune``: the trial's run)."""
     uri = tracking_uri(cfg, out)
     if uri.startswith("file:") or "://" not in uri:
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -144,6 +147,7 @@ def mlflow_logger(cfg: Config, out: Path, fold: int, run_id: str | None) -> MLFl
         artifact_location=(out / "mlartifacts").resolve().as_uri(),
         log_model=False,  # checkpoints stay in the fold folder, stored once
         run_id=run_id,
+        tags={"mlflow.parentRunId": parent_run_id} if parent_run_id else None,
     )
 
 
@@ -210,12 +214,17 @@ def build_module(cfg: Config, data: KelpDataModule) -> KelpSegModule:
 
 
 def build_logger(
-    cfg: Config, out: Path, fold_dir: Path, data: KelpDataModule, resuming: bool
+    cfg: Config,
+    out: Path,
+    fold_dir: Path,
+    data: KelpDataModule,
+    resuming: bool,
+    parent_run_id: str | None = None,
 ) -> MLFlowLogger:
     """The fold's MLflow run: a new one with the flat config, or the interrupted one."""
     run_id_file = fold_dir / RUN_ID
     run_id = run_id_file.read_text().strip() if resuming and run_id_file.is_file() else None
-    logger = mlflow_logger(cfg, out, data.fold, run_id)
+    logger = mlflow_logger(cfg, out, data.fold, run_id, parent_run_id)
     if run_id is None and rank_zero_only.rank == 0:
         logger.log_hyperparams(
             {
@@ -315,7 +324,14 @@ def save_results(
 
 
 def train_fold(
-    cfg: Config, tiles: pd.DataFrame, packed: PackedTiles, fold: int, out: Path
+    cfg: Config,
+    tiles: pd.DataFrame,
+    packed: PackedTiles,
+    fold: int,
+    out: Path,
+    *,
+    extra_callbacks: list[Callback] | None = None,
+    parent_run_id: str | None = None,
 ) -> FoldResult:
     """Train on every fold but ``fold``, validate on ``fold``, keep the best checkpoint.
 
@@ -326,6 +342,8 @@ def train_fold(
         packed: The packed cache holding those tiles.
         fold: The validation fold.
         out: Run folder; checkpoints go to ``out/fold{k}/``.
+        extra_callbacks: More Lightning callbacks (``kelpseg tune``: the pruning one).
+        parent_run_id: MLflow run the fold's run is nested under (``kelpseg tune``).
     """
     t = cfg.train
     fold_dir = out / f"fold{fold}"
@@ -339,9 +357,9 @@ def train_fold(
         torch.set_float32_matmul_precision("high")
     data = KelpDataModule(cfg, packed, tiles, fold)
     module = build_module(cfg, data)
-    logger = build_logger(cfg, out, fold_dir, data, resuming=resume_from is not None)
+    logger = build_logger(cfg, out, fold_dir, data, resume_from is not None, parent_run_id)
     cbs, ckpt = callbacks(cfg, fold_dir, data.preview_batch(t.log_images))
-    trainer = build_trainer(cfg, cbs, logger, data.steps_per_epoch)
+    trainer = build_trainer(cfg, cbs + list(extra_callbacks or []), logger, data.steps_per_epoch)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
 
     checkpoint, val_dice, scores = score(trainer, module, data, ckpt)

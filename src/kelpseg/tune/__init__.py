@@ -1,0 +1,1 @@
+"""``kelpseg tune``: Optuna search over config keys, local (SQLite) or shared (PostgreSQL)."""
