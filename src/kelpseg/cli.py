@@ -501,6 +501,36 @@ def run(
 
 
 @app.command()
+def xgb(
+    data: Annotated[Path, typer.Argument(help="Dataset folder in the competition layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Test masks, to score the predictions.")
+    ] = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Per-pixel XGBoost baseline on the networks' folds (train.folds): OUT/xgb/fold*/model.json,
+    test masks in OUT/xgb/predictions, importance.png/.csv, metrics.json. (kelpseg.baselines.xgb)"""
+    from kelpseg.baselines.xgb import run_xgb
+
+    cfg = _stage_config(config, set_, out, strict)
+    try:
+        m = run_xgb(data, cfg, out, truth)
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    for k, f in m["folds"].items():
+        typer.echo(
+            f"fold {k}: val Dice {f['val_dice']:.4f}  {f['seconds']:.1f} s  {f['checkpoint']}"
+        )
+    test = f"  test Dice {m['test']['dice']:.4f}" if m.get("test", {}).get("dice") else ""
+    typer.echo(
+        f"mean val Dice {m['val_dice']:.4f}{test}  threshold {m['threshold']}  -> {out / 'xgb'}"
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo_out"),
     aois: int = 24,
