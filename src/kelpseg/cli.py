@@ -531,6 +531,47 @@ def xgb(
 
 
 @app.command()
+def runs(
+    uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI, or a run folder holding mlflow.db; default: the "
+            "config's tracking.uri, else kelpseg_out/mlflow.db."
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment; default: the config's.")
+    ] = None,
+    sort: Annotated[str, typer.Option(help="Column to sort by (descending).")] = "mean_dice",
+    ascending: Annotated[bool, typer.Option("--ascending", help="Sort ascending.")] = False,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter", help="COLUMN OP VALUE (= != > >= < <=), e.g. mean_dice>0.5 (repeatable)."
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Table of finished trainings from the MLflow store: config highlights, validation Dice
+    per fold, mean and spread, tuned threshold, test Dice. (kelpseg.runs)"""
+    from kelpseg.runs import RunsError, list_runs, render
+
+    cfg = _config(config, None, announce=False)
+    try:
+        table = list_runs(
+            uri or cfg.tracking.uri or "kelpseg_out",
+            experiment or cfg.tracking.experiment,
+            filters=filter_,
+            sort=sort,
+            ascending=ascending,
+        )
+        typer.echo(render(table, fmt), nl=False)
+    except (RunsError, OSError) as err:
+        _fail(err)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo_out"),
     aois: int = 24,
