@@ -31,7 +31,7 @@ def xgb_run(synth_data, tmp_path_factory):
     res = CliRunner().invoke(
         app,
         ["xgb", str(synth_data.root), "-o", str(out), "-c", "tiny", "--truth",
-         str(synth_data.test_masks), *sum((["--set", s] for s in SETS), [])],
+         str(synth_data.test_masks), *[a for s in SETS for a in ("--set", s)]],
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     return out, json.loads((out / "xgb" / "metrics.json").read_text())
@@ -40,7 +40,7 @@ def xgb_run(synth_data, tmp_path_factory):
 def test_trains_both_folds_and_beats_trivial(xgb_run, synth_data):
     out, m = xgb_run
     assert sorted(m["folds"]) == ["0", "1"]
-    for k, f in m["folds"].items():
+    for k in m["folds"]:
         res = json.loads((out / "xgb" / f"fold{k}" / "result.json").read_text())
         assert res["fold"] == int(k) and res["checkpoint"].endswith("model.json")
         assert 0.0 < res["val_dice"] <= 1.0 and res["seconds"] > 0
@@ -88,7 +88,7 @@ def test_masks_follow_network_rules_and_other_stages_accept_them(xgb_run, synth_
 
 
 def test_georeference_and_nodata_kept(xgb_run, synth_data, tmp_path):
-    out, m = xgb_run
+    _, m = xgb_run
     src = next((synth_data.root / "test_satellite").glob("*_satellite.tif"))
     raw = read_tile(src)
     raw[:, :5, :7] = NODATA  # a missing corner
