@@ -164,8 +164,11 @@ def runs_table(folds: pd.DataFrame) -> pd.DataFrame:
         row["folder"] = str(group)
         rows.append(row)
     table = pd.DataFrame(rows)
-    for col in ("epochs", "lr", "samples"):
+    for col in ("epochs", "lr", "samples", "indices"):
         table[col] = pd.to_numeric(table[col], errors="coerce")
+    for col in ("epochs", "samples", "indices"):
+        if table[col].notna().all():
+            table[col] = table[col].astype(int)
     folds_cols = sorted((c for c in table if c.startswith("dice_f")), key=lambda c: int(c[6:]))
     rest = [c for c in table if not c.startswith("dice_f") and c != "folder"]
     at = rest.index("mean_dice")
