@@ -87,7 +87,7 @@ class XgbModel:
 
     def pixel_features(self, raw: np.ndarray | torch.Tensor) -> np.ndarray:
         """``(B, C, H, W)`` float32 features of raw tiles (NaN where missing)."""
-        t = torch.as_tensor(np.asarray(raw)) if not torch.is_tensor(raw) else raw
+        t = raw if torch.is_tensor(raw) else torch.tensor(np.asarray(raw))  # a copy: memmaps
         with torch.no_grad():
             return self.features.raw_features(t.cpu()).numpy()
 
