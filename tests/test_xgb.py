@@ -147,3 +147,17 @@ def test_bad_data_is_one_line_error(tmp_path):
     res = CliRunner().invoke(app, ["xgb", str(tmp_path / "nope"), "-o", str(tmp_path / "o")])
     assert res.exit_code == 1
     assert "not found" in res.output and "Traceback" not in res.output
+
+
+def test_runs_table_lists_the_baseline(xgb_run):
+    from kelpseg.runs import list_runs
+
+    out, m = xgb_run
+    table = list_runs(str(out), "kelpseg", filters=["arch=xgboost"])
+    assert list(table["folder"]) == [str((out / "xgb").resolve())]
+    row = table.iloc[0]
+    assert row["dice_f0"] == pytest.approx(m["folds"]["0"]["val_dice"])
+    assert row["dice_f1"] == pytest.approx(m["folds"]["1"]["val_dice"])
+    assert row["threshold"] == m["threshold"] and row["test_dice"] == pytest.approx(
+        m["test"]["dice"]
+    )

@@ -370,6 +370,43 @@ def predict_items(
     return masks, report
 
 
+def log_runs(cfg: Config, out: Path, folder: Path, results: dict[int, XgbFold]) -> None:
+    """One finished MLflow run per fold in the networks' store, so ``kelpseg runs`` lists the
+    baseline beside them (tag ``kelpseg.out`` = ``folder``; arch ``xgboost``)."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from kelpseg._quiet import quiet
+    from kelpseg.config import flatten
+
+    quiet()
+    uri = cfg.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    exp_id = (
+        exp.experiment_id
+        if exp is not None
+        else client.create_experiment(
+            cfg.tracking.experiment, artifact_location=(out / "mlartifacts").resolve().as_uri()
+        )
+    )
+    skip = ("model.", "train.", "augment.", "postprocess.", "tracking.")
+    params = {k: v for k, v in flatten(cfg).items() if not k.startswith(skip)}
+    params |= {"model.arch": "xgboost", "model.encoder": "hist"}
+    for k, r in results.items():
+        run = client.create_run(
+            exp_id,
+            run_name=f"xgb fold{k}",
+            tags={"kelpseg.out": str(folder.resolve()), "checkpoint": str(r.checkpoint)},
+        )
+        rid = run.info.run_id
+        items = [Param(n, str(v)[:6000]) for n, v in {**params, "fold": k}.items()]
+        for i in range(0, len(items), 100):  # MLflow takes 100 params per batch
+            client.log_batch(rid, params=items[i : i + 100])
+        client.log_metric(rid, "best/val_dice", r.val_dice)
+        client.set_terminated(rid, "FINISHED")
+
+
 def run_xgb(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> dict:
     """The whole baseline in ``out``: prepare (shared with the networks), train the configured
     folds into ``out/xgb``, importances, predict the test tiles, ``out/xgb/metrics.json``."""
@@ -438,4 +475,5 @@ def run_xgb(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> di
         metrics["test"] = json_safe(scores)
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_text(folder / "metrics.json", json.dumps(metrics, indent=2, default=float))
+    log_runs(cfg, out, folder, results)  # after metrics.json: a listed run is complete
     return metrics
