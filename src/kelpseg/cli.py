@@ -524,7 +524,8 @@ def xgb(
         typer.echo(
             f"fold {k}: val Dice {f['val_dice']:.4f}  {f['seconds']:.1f} s  {f['checkpoint']}"
         )
-    test = f"  test Dice {m['test']['dice']:.4f}" if m.get("test", {}).get("dice") else ""
+    dice = (m.get("test") or {}).get("dice")
+    test = f"  test Dice {dice:.4f}" if dice is not None else ""
     typer.echo(
         f"mean val Dice {m['val_dice']:.4f}{test}  threshold {m['threshold']}  -> {out / 'xgb'}"
     )

@@ -207,17 +207,17 @@ def classifier(cfg: Config):
     import xgboost as xgb
 
     x = cfg.xgb
-    return xgb.XGBClassifier(
-        tree_method="hist",
-        n_estimators=x.n_estimators,
-        max_depth=x.max_depth,
-        learning_rate=x.learning_rate,
-        subsample=x.subsample,
-        colsample_bytree=x.colsample_bytree,
-        n_jobs=_threads(x.n_jobs),
-        random_state=x.seed,
-        **x.kwargs,
-    )
+    params = {
+        "tree_method": "hist",
+        "n_estimators": x.n_estimators,
+        "max_depth": x.max_depth,
+        "learning_rate": x.learning_rate,
+        "subsample": x.subsample,
+        "colsample_bytree": x.colsample_bytree,
+        "n_jobs": _threads(x.n_jobs),
+        "random_state": x.seed,
+    }
+    return xgb.XGBClassifier(**(params | x.kwargs))  # xgb.kwargs win
 
 
 def score_tiles(
