@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> None:
             }
         )
     print(f"\nkelpseg xgb wall time (stats, groups, split, cache, train, predict): {wall:.1f} s")
-    print(pd.DataFrame(rows).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    table = pd.DataFrame(rows).astype({"train_pixels": "Int64"})
+    print(table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4f}"))
     imp = pd.read_csv(out / "xgb" / "importance.csv")
     print("\ntop features by gain share:")
     print(imp.head(10)[["feature", "share"]].to_string(index=False, float_format="{:.3f}".format))
