@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
     "area.py": ([], ["--size", "1000", "--beds", "100", "--acquisitions", "2"]),
     "landsat_stack.py": ([], ["--sizes", "128", "256", "--block", "64"]),
+    "xgb.py": ([], ["--aois", "6", "--size", "128", "--estimators", "30", "--pixels", "20000"]),
 }
 
 

@@ -735,6 +735,78 @@ def run(
 
 
 @app.command()
+def xgb(
+    data: Annotated[Path, typer.Argument(help="Dataset folder in the competition layout.")],
+    out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_out"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    truth: Annotated[
+        Path | None, typer.Option(help="Test masks, to score the predictions.")
+    ] = None,
+    strict: StrictOpt = False,
+) -> None:
+    """Per-pixel XGBoost baseline on the networks' folds (train.folds): OUT/xgb/fold*/model.json,
+    test masks in OUT/xgb/predictions, importance.png/.csv, metrics.json. (kelpseg.baselines.xgb)"""
+    from kelpseg.baselines.xgb import run_xgb
+
+    cfg = _stage_config(config, set_, out, strict)
+    try:
+        m = run_xgb(data, cfg, out, truth)
+    except (NothingValidError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    for k, f in m["folds"].items():
+        typer.echo(
+            f"fold {k}: val Dice {f['val_dice']:.4f}  {f['seconds']:.1f} s  {f['checkpoint']}"
+        )
+    dice = (m.get("test") or {}).get("dice")
+    test = f"  test Dice {dice:.4f}" if dice is not None else ""
+    typer.echo(
+        f"mean val Dice {m['val_dice']:.4f}{test}  threshold {m['threshold']}  -> {out / 'xgb'}"
+    )
+
+
+@app.command()
+def runs(
+    uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI, or a run folder holding mlflow.db; default: the "
+            "config's tracking.uri, else kelpseg_out/mlflow.db."
+        ),
+    ] = None,
+    experiment: Annotated[
+        str | None, typer.Option(help="MLflow experiment; default: the config's.")
+    ] = None,
+    sort: Annotated[str, typer.Option(help="Column to sort by (descending).")] = "mean_dice",
+    ascending: Annotated[bool, typer.Option("--ascending", help="Sort ascending.")] = False,
+    filter_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter", help="COLUMN OP VALUE (= != > >= < <=), e.g. mean_dice>0.5 (repeatable)."
+        ),
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    config: ConfigOpt = None,
+) -> None:
+    """Table of finished trainings from the MLflow store: config highlights, validation Dice
+    per fold, mean and spread, tuned threshold, test Dice. (kelpseg.runs)"""
+    from kelpseg.runs import RunsError, list_runs, render
+
+    cfg = _config(config, None, announce=False)
+    try:
+        table = list_runs(
+            uri or cfg.tracking.uri or "kelpseg_out",
+            experiment or cfg.tracking.experiment,
+            filters=filter_,
+            sort=sort,
+            ascending=ascending,
+        )
+        typer.echo(render(table, fmt), nl=False)
+    except (RunsError, OSError) as err:
+        _fail(err)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("demo_out"),
     aois: int = 24,

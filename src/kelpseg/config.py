@@ -255,6 +255,41 @@ class TrackingConfig(_Section):
     experiment: str = "kelpseg"
 
 
+class XgbConfig(_Section):
+    """Per-pixel XGBoost baseline (``kelpseg xgb``, kelpseg.baselines.xgb); folds = train.folds."""
+
+    pixels_per_class: int = Field(
+        200_000, ge=1, description="Kelp and non-kelp training pixels per fold (each, at most)."
+    )
+    negatives: Literal["valid", "water"] = Field(
+        "valid", description="Non-kelp pixels drawn from every valid pixel, or water only."
+    )
+    n_estimators: int = Field(200, ge=1)
+    max_depth: int = Field(6, ge=1)
+    learning_rate: float = Field(0.1, gt=0.0)
+    subsample: float = Field(0.8, gt=0.0, le=1.0)
+    colsample_bytree: float = Field(0.8, gt=0.0, le=1.0)
+    n_jobs: int | None = Field(None, ge=1, description="Threads; null = the machine's CPUs.")
+    seed: int = 42
+    threshold: float = Field(
+        0.5, gt=0.0, lt=1.0, description="Decision threshold (validation Dice; tests unless tuned)."
+    )
+    prior_correction: bool = Field(
+        True,
+        description="Undo the balanced sampling's inflation of the kelp odds in the model's "
+        "probabilities (a log-odds offset from the pixel counts).",
+    )
+    tune_threshold: bool = Field(
+        True,
+        description="Tune the threshold out of fold (as `kelpseg threshold OUT/xgb`) and "
+        "predict the test tiles with it.",
+    )
+    top_features: int = Field(20, ge=1, description="Features in the importance picture.")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Further xgboost.XGBClassifier arguments."
+    )
+
+
 class Config(_Section):
     """The whole pipeline's configuration."""
 
@@ -268,6 +303,7 @@ class Config(_Section):
     predict: PredictConfig = Field(default_factory=PredictConfig)
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    xgb: XgbConfig = Field(default_factory=XgbConfig)
 
 
 class ConfigError(ValueError):

@@ -128,8 +128,9 @@ def fold_config_changes(saved: dict[str, Any], cfg: Config) -> str:
         return "the saved config cannot be read"
     new = flatten(cfg)
     skip = set(NEUTRAL_KEYS)
-    old = {k: v for k, v in old.items() if k not in skip and not k.startswith("predict.")}
-    new = {k: v for k, v in new.items() if k not in skip and not k.startswith("predict.")}
+    other = ("predict.", "xgb.")  # settings that do not change a trained network
+    old = {k: v for k, v in old.items() if k not in skip and not k.startswith(other)}
+    new = {k: v for k, v in new.items() if k not in skip and not k.startswith(other)}
     return diff_keys(old, new) if old != new else ""
 
 

@@ -56,25 +56,41 @@ def fold_checkpoints(out: Path) -> dict[int, Path]:
     return found
 
 
+def _tables_folder(out: Path) -> Path:
+    """Where the splits and cache are: ``out``, or for a baseline's folder (``OUT/xgb``) the
+    run folder above it."""
+    if not (out / "splits.csv").is_file() and (out.parent / "splits.csv").is_file():
+        return out.parent
+    return out
+
+
+def _load_fold_model(ckpt: Path, device: str):
+    """A fold's network checkpoint, or an XGBoost baseline's ``model.json``."""
+    from kelpseg.baselines.xgb import is_xgb_model, load_xgb
+    from kelpseg.infer.predict import load_model
+
+    return load_xgb(ckpt) if is_xgb_model(ckpt) else load_model(ckpt, device=device)
+
+
 def iter_oof(out: Path, *, device: str = "cpu", batch_size: int = 8) -> Iterator[OofBatch]:
     """Predict every finished fold's validation tiles with that fold's own model."""
     import torch
 
     from kelpseg.data.cache import open_cache
-    from kelpseg.infer.predict import load_model
 
     checkpoints = fold_checkpoints(out)
+    tables = _tables_folder(out)
     for name in ("splits.csv", "cache/tile_ids.txt"):
-        if not (out / name).is_file():
-            raise ThresholdError(f"{out / name}: missing; run `kelpseg train` on this folder")
-    splits = pd.read_csv(out / "splits.csv", dtype={"tile_id": str})
-    packed = open_cache(out / "cache")
+        if not (tables / name).is_file():
+            raise ThresholdError(f"{tables / name}: missing; run `kelpseg train` on this folder")
+    splits = pd.read_csv(tables / "splits.csv", dtype={"tile_id": str})
+    packed = open_cache(tables / "cache")
     cached = set(packed.tile_ids)
     for fold, ckpt in checkpoints.items():
         ids = [t for t in splits.loc[splits["fold"] == fold, "tile_id"] if t in cached]
         if not ids:
             raise ThresholdError(f"{out / 'splits.csv'}: fold {fold} has no cached tiles")
-        model = load_model(ckpt, device=device)
+        model = _load_fold_model(ckpt, device)
         rows = packed.row(ids)
         for start in range(0, len(ids), batch_size):
             sel = rows[start : start + batch_size]

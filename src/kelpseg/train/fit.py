@@ -50,6 +50,8 @@ from kelpseg.train.module import KelpSegModule  # noqa: E402
 
 RESULT = "result.json"
 RUN_ID = "mlflow_run_id.txt"
+RUN_GROUP_TAG = "kelpseg.out"
+"""MLflow tag of every fold run: the run folder (``kelpseg runs`` groups fold runs by it)."""
 
 
 @dataclass
@@ -234,6 +236,7 @@ def build_logger(
                 "val_tiles": len(data.val_tiles),
             }
         )
+        logger.experiment.set_tag(logger.run_id, RUN_GROUP_TAG, str(out.resolve()))
         atomic_write_text(run_id_file, logger.run_id)
     return logger
 
