@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def test_window_offsets_cover_the_raster_and_end_at_its_edge() -> None:
     assert window_offsets(64, 64, 48) == [0]
     offs = window_offsets(300, 64, 48)
     assert offs[0] == 0 and offs[-1] == 300 - 64
-    assert all(0 < b - a <= 48 for a, b in zip(offs, offs[1:], strict=False))
+    assert all(0 < b - a <= 48 for a, b in itertools.pairwise(offs))
     w = blend_weight(64, 64)
     assert w.min() > 0 and w[32, 32] == pytest.approx(w.max())
 
@@ -85,9 +86,7 @@ def test_one_window_raster_equals_predict_tiles(model: KelpSegModule, tmp_path: 
     with rasterio.open(tmp_path / "out" / "T_proba.tif") as src:
         want = src.read(1)
     with rasterio.open(tmp_path / "T_satellite.tif") as src:
-        (band,) = predict_sliced(
-            Members([m], [1.0]), RasterSource(src), window=64, progress=False
-        )
+        (band,) = predict_sliced(Members([m], [1.0]), RasterSource(src), window=64, progress=False)
     got = np.where(band.missing, np.nan, band.mean)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6, equal_nan=True)
 
@@ -138,10 +137,12 @@ def test_sahi_slices_keep_a_constant_and_run_through_predict_tiles(
     item = [("A", tmp_path / "A_satellite.tif")]
     plain = predict_tiles(model, item, tmp_path / "p1", probabilities=True)
     sahi = predict_tiles(model, item, tmp_path / "p2", probabilities=True, slices=2)
-    with rasterio.open(plain.masks["A"].with_name("A_proba.tif")) as a:
-        with rasterio.open(sahi.masks["A"].with_name("A_proba.tif")) as b:
-            pa, pb = a.read(1), b.read(1)
-            assert b.tags()["fingerprint"] != a.tags()["fingerprint"]
+    with (
+        rasterio.open(plain.masks["A"].with_name("A_proba.tif")) as a,
+        rasterio.open(sahi.masks["A"].with_name("A_proba.tif")) as b,
+    ):
+        pa, pb = a.read(1), b.read(1)
+        assert b.tags()["fingerprint"] != a.tags()["fingerprint"]
     assert pa.shape == pb.shape and not np.allclose(pa, pb)
 
 
@@ -168,8 +169,10 @@ def test_cog_has_tiles_overviews_georef_and_nodata(tmp_path: Path) -> None:
 
 
 def test_failed_cog_write_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(RuntimeError):
-        with CogWriter(tmp_path / "k.tif", height=10, width=10, dtype="uint8") as w:
-            w.write_rows(0, np.zeros((5, 10), np.uint8))
-            raise RuntimeError("killed")
+    with (
+        pytest.raises(RuntimeError),
+        CogWriter(tmp_path / "k.tif", height=10, width=10, dtype="uint8") as w,
+    ):
+        w.write_rows(0, np.zeros((5, 10), np.uint8))
+        raise RuntimeError("killed")
     assert list(tmp_path.iterdir()) == []

@@ -28,7 +28,7 @@ COG_BLOCK = 512
 def cog_block(height: int, width: int) -> int:
     """Internal tile side: 512 px, smaller for small rasters so they still get an overview."""
     side = max(height, width)
-    return next((b for b in (512, 256, 128) if side >= 2 * b), 64)
+    return next((b for b in (512, 256) if side >= 2 * b), 128)  # GDAL's COG minimum: 128
 
 
 class CogWriter:
