@@ -28,6 +28,11 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "onnx_speed.py": ([], ["--batches", "1", "--repeat", "1"]),
     "postprocess.py": ([], []),  # needs a trained run: demo_out/run of `make demo`
     "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
+    # needs kelpseg.geo (issue 9, areas) for `kelpseg map`
+    "map_memory.py": ([], ["--sizes", "400", "--whole-max", "400"]),
+    "seams.py": ([], ["--grid", "2"]),
+    "map_speed.py": ([], ["--size", "400", "--configs", "tiny"]),
+    "sahi.py": ([], ["--max-tiles", "4"]),  # needs a trained run: demo_out/run of `make demo`
 }
 
 
