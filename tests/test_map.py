@@ -171,3 +171,30 @@ def test_landsat_scene_folder_is_stacked_and_mapped(ckpt: Path, tmp_path: Path) 
     info = json.loads((maps / scene.meta.scene_id / "scene.json").read_text())
     assert info["sensor"] == scene.meta.sensor and info["date"] == scene.meta.date.isoformat()
     assert not list((maps / scene.meta.scene_id).glob(".*"))  # the stacked input was removed
+
+
+def test_a_run_killed_mid_scene_leaves_nothing_half_written(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("kelpseg.geo.vector")
+    from kelpseg.infer.members import Members
+
+    a, _, _ = _inputs(tmp_path)
+    maps = tmp_path / "maps"
+    calls = {"n": 0}
+    real = Members.__call__
+
+    def dies_on_second_batch(self, raw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as a kill between two batches
+        return real(self, raw)
+
+    monkeypatch.setattr(Members, "__call__", dies_on_second_batch)
+    args = ["map", "-m", str(ckpt), str(a), "-o", str(maps), "--batch-size", "2"]
+    runner.invoke(app, args)
+    assert calls["n"] == 2
+    assert [p.name for p in (maps / "A").iterdir()] == []  # no output, no temporary file
+    monkeypatch.setattr(Members, "__call__", real)
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and (maps / "A" / "scene.json").is_file()
