@@ -32,7 +32,7 @@ def synthetic_tiles(folder: Path, n: int = 16) -> list[np.ndarray]:
     from kelpseg.io.tiles import read_tile
     from kelpseg.synth import generate
 
-    generate(folder, aois=3, seed=0, overwrite=True, progress=False)
+    generate(folder, aois=max(3, n // 2), seed=0, overwrite=True, progress=False)
     paths = sorted((folder / "train_satellite").glob("*.tif"))[:n]
     return [read_tile(p) for p in paths]
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
     from kelpseg.infer.members import Members
 
-WEIGHT_FLOOR = 0.05
+WEIGHT_FLOOR = 0.01
 """Smallest blend weight (relative to the window centre's 1)."""
 
 
