@@ -124,6 +124,10 @@ def _clean_stale(folder: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+GDAL_CACHE_MB = 256
+"""GDAL's block cache while mapping (its default, 5 % of RAM, grows with the scene's outputs)."""
+
+
 def map_raster(
     engine,
     raster: Path,
@@ -135,9 +139,27 @@ def map_raster(
 ) -> dict[str, Any]:
     """Predict one 7-band raster into ``folder``; the scene's areas and outputs (no scene.json).
 
+    GDAL's block cache is capped at :data:`GDAL_CACHE_MB` so memory does not grow with the
+    scene.
+
     Raises:
         MapError: the raster is not a 7-band int16 raster.
     """
+    import rasterio
+
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
+        return _map_raster(engine, raster, folder, scene_id, settings, progress=progress)
+
+
+def _map_raster(
+    engine,
+    raster: Path,
+    folder: Path,
+    scene_id: str,
+    settings: MapSettings,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
     from kelpseg.eda.quicklook import QuickLook
     from kelpseg.geo.area import class_areas_ha, row_areas_ha
     from kelpseg.geo.vector import kelp_polygons, write_polygons
