@@ -10,7 +10,7 @@ before the members and blended back (:func:`kelpseg.infer.sliced.sahi`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -36,6 +36,8 @@ class Members:
         threshold: The members' threshold for the hard vote.
         spread: Also return the weighted standard deviation of the members' probabilities.
         slices: SAHI-style slices per side (1 = off).
+        dem_fix: The DEM shift correction for members trained with ``data.correct_dem_shift``
+            (a raw ``(7, H, W)`` tile -> the tile with its DEM realigned).
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Members:
         threshold: float = 0.5,
         spread: bool = False,
         slices: int = 1,
+        dem_fix: Callable[[np.ndarray], np.ndarray] = correct_dem,
     ) -> None:
         self.models = list(models)
         self.device = next(self.models[0].parameters()).device
@@ -63,6 +66,7 @@ class Members:
             raise ValueError(f"slices must be at least 1, got {slices}")
         self.slices = int(slices)
         self.corrects = [m.cfg.data.correct_dem_shift for m in self.models]
+        self.dem_fix = dem_fix
 
     @torch.inference_mode()
     def probas(self, raw_np: np.ndarray) -> Tensor:
@@ -77,7 +81,7 @@ class Members:
             x = raw
             if corr:
                 if fixed is None:
-                    fixed = torch.from_numpy(np.stack([correct_dem(r) for r in raw_np]))
+                    fixed = torch.from_numpy(np.stack([self.dem_fix(r) for r in raw_np]))
                     fixed = fixed.to(dev, non_blocking=True)
                 x = fixed
             dtype = self.dtype

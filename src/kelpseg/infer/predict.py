@@ -30,6 +30,7 @@ import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from kelpseg.data.dem_shift import correct_dem  # noqa: E402
 from kelpseg.infer.members import Members  # noqa: E402
 from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
 from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids  # noqa: E402
@@ -260,6 +261,7 @@ def predict_tiles(
         threshold=threshold,
         spread=spread,
         slices=slices,
+        dem_fix=correct_dem,
     )
     pending: list[tuple[str, Path, np.ndarray, np.ndarray, Georef]] = []
 
