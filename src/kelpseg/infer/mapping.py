@@ -386,6 +386,8 @@ def _map_one(
     finally:
         if stacked is not None:
             stacked.unlink(missing_ok=True)
+        if not any(folder.iterdir()):  # failed before writing anything
+            folder.rmdir()
     scene = {
         "scene_id": scene_id,
         "sensor": sensor,
