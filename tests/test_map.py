@@ -197,5 +197,9 @@ def test_a_run_killed_mid_scene_leaves_nothing_half_written(
     assert calls["n"] == 2
     assert list(maps.iterdir()) == []  # no output, no temporary file
     monkeypatch.setattr(Members, "__call__", real)
+    (maps / "A").mkdir()  # what a SIGKILL leaves: hidden temporary files, no scene.json
+    stale = maps / "A" / ".A_kelp.tif.abc123.tmp"
+    stale.write_bytes(b"half")
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and (maps / "A" / "scene.json").is_file()
+    assert not stale.exists() and not list((maps / "A").glob(".*"))
