@@ -31,6 +31,11 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "area.py": ([], ["--size", "1000", "--beds", "100", "--acquisitions", "2"]),
     "landsat_stack.py": ([], ["--sizes", "128", "256", "--block", "64"]),
     "xgb.py": ([], ["--aois", "6", "--size", "128", "--estimators", "30", "--pixels", "20000"]),
+    # needs kelpseg.geo (issue 9, areas) for `kelpseg map`
+    "map_memory.py": ([], ["--sizes", "400", "--whole-max", "400"]),
+    "seams.py": ([], ["--grid", "2"]),
+    "map_speed.py": ([], ["--size", "400", "--configs", "tiny"]),
+    "sahi.py": ([], ["--max-tiles", "4"]),  # needs a trained run: demo_out/run of `make demo`
 }
 
 

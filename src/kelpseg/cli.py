@@ -44,6 +44,15 @@ ResumeOpt = Annotated[
     ),
 ]
 
+SlicesOpt = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        help="SAHI-style: overlapping slices of 1/N of the window's side, up-sampled to the "
+        "window before the model and blended back (1 = off).",
+    ),
+]
+
 
 def _version(value: bool) -> None:
     if value:
@@ -524,6 +533,7 @@ def predict(
     overwrite: Annotated[
         bool, typer.Option(help="Redo every tile (default: keep complete outputs of a rerun).")
     ] = False,
+    slices: SlicesOpt = 1,
     strict: StrictOpt = False,
 ) -> None:
     """Checkpoint(s) + tiles -> {id}_kelp.tif masks (1 kelp, 0 not, 255 nodata where the input is
@@ -605,6 +615,7 @@ def predict(
             proba_format=proba_format,
             spread=spread,
             overwrite=overwrite,
+            slices=slices,
         )
         res.report.finish(strict=strict)
     except (CheckpointError, NothingValidError, ValueError) as err:
@@ -707,6 +718,152 @@ def submit(
         _fail(err)
     extra = f" ({sub.nodata_pixels} nodata pixels written as 0)" if sub.nodata_pixels else ""
     typer.echo(f"{sub.tiles} masks -> {sub.path}{extra}")
+
+
+@app.command("map")
+def map_cmd(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Landsat Collection 2 Level-2 scene folders (stacked on the fly) or 7-band "
+            "int16 rasters of any size.",
+            show_default=False,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="MAPS folder.")] = Path("maps"),
+    model: Annotated[
+        list[Path] | None,
+        typer.Option("--model", "-m", help="A member checkpoint; repeat for an ensemble."),
+    ] = None,
+    run: Annotated[
+        Path | None,
+        typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
+    ] = None,
+    dem: Annotated[
+        Path | None, typer.Option(help="DEM GeoTIFF for scene folders (any CRS).")
+    ] = None,
+    weights: Annotated[
+        str,
+        typer.Option(help="Ensemble weights: equal, dice (val Dice, min-max; --run) or 0.2,0.8."),
+    ] = "equal",
+    vote: Annotated[
+        str, typer.Option(help="soft: mean probability; hard: mean of thresholded masks.")
+    ] = "soft",
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Decision threshold in [0, 1]; default: the run's tuned one, else the "
+            "checkpoint's."
+        ),
+    ] = None,
+    window: Annotated[
+        int | None,
+        typer.Option(min=16, help="Window side (px); default: the model's data.tile_size."),
+    ] = None,
+    overlap: Annotated[
+        int | None, typer.Option(min=0, help="Window overlap (px); default: a quarter window.")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Windows per batch; default: the checkpoint's.")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="fp32, bf16 or fp16 autocast; default bf16 on a GPU with it, else fp32."),
+    ] = None,
+    tta: Annotated[
+        str, typer.Option(help="Test-time augmentation: none, flips or d4 (8 transforms).")
+    ] = "none",
+    slices: SlicesOpt = 1,
+    probabilities: Annotated[bool, typer.Option(help="Write {id}_proba.tif (float32 COG).")] = True,
+    geojson: Annotated[bool, typer.Option(help="Also write the polygons as GeoJSON.")] = False,
+    min_area_ha: Annotated[
+        float, typer.Option(min=0.0, help="Minimum mapping unit: drop kelp beds under X ha.")
+    ] = 0.0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo every scene (default: keep scenes done by a rerun).")
+    ] = False,
+    strict: StrictOpt = False,
+) -> None:
+    """Scenes or rasters of any size -> MAPS/{scene_id}/: kelp, probability, spread, coverage
+    COGs, kelp-bed polygons, quick-look PNG, scene.json; MAPS/areas.csv. Sliced, Hann-blended
+    inference in bounded memory; scenes already done are kept. (kelpseg.infer.mapping)"""
+    from kelpseg.infer.ensemble import EnsembleError, member_weights, run_checkpoints
+    from kelpseg.infer.mapping import MapSettings, map_inputs
+    from kelpseg.infer.members import Members
+    from kelpseg.infer.predict import PRECISIONS, CheckpointError, default_precision, load_model
+    from kelpseg.infer.threshold import read_threshold
+    from kelpseg.infer.tta import TTA_MODES
+
+    def usage(msg: str) -> NoReturn:
+        typer.secho(f"error: {msg}", fg="red", err=True)
+        raise typer.Exit(2)
+
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        usage(f"--threshold must be in [0, 1], got {threshold}")
+    if vote not in ("soft", "hard"):
+        usage(f"--vote must be soft or hard, got {vote!r}")
+    if tta not in TTA_MODES:
+        usage(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
+    if precision is not None and precision not in PRECISIONS:
+        usage(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if dem is not None and not dem.is_file():
+        usage(f"--dem {dem}: not found")
+    ckpts, dices = list(model or []), [None] * len(model or [])
+    try:
+        if run is not None:
+            more, more_dice = run_checkpoints(run)
+            ckpts, dices = ckpts + more, dices + more_dice
+        if not ckpts:
+            usage("give the model: --model CKPT (repeatable) or --run OUT")
+        w = member_weights(len(ckpts), weights, dices)
+    except EnsembleError as err:
+        _fail(err)
+    if out.exists() and not out.is_dir():
+        _fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
+    if threshold is None and run is not None:
+        tuned_file = run / "threshold.json"
+        tuned = json.loads(tuned_file.read_text()) if tuned_file.is_file() else {}
+        ens = tuned.get("ensemble") if len(ckpts) > 1 else None
+        threshold = float(ens["threshold"]) if isinstance(ens, dict) else read_threshold(run)
+    try:
+        models = [load_model(c) for c in ckpts]  # every member is checked before any work
+    except CheckpointError as err:
+        _fail(err)
+    first = models[0].cfg
+    threshold = first.predict.threshold if threshold is None else threshold
+    win = window or first.data.tile_size or 350
+    if overlap is not None and overlap >= win:
+        usage(f"--overlap {overlap} must be smaller than the window ({win} px)")
+    prec = precision or default_precision(next(models[0].parameters()).device)
+    engine = Members(
+        models,
+        w,
+        precision=PRECISIONS[prec],
+        tta=tta,
+        vote=vote,
+        threshold=threshold,
+        spread=True,
+        slices=slices,
+    )
+    settings = MapSettings(
+        threshold=threshold,
+        vote=vote,
+        window=win,
+        overlap=overlap,
+        batch_size=batch_size or first.predict.batch_size,
+        probabilities=probabilities,
+        geojson=geojson,
+        min_area_ha=min_area_ha,
+        slices=slices,
+        engine={"weights": [float(v) for v in w], "precision": prec, "tta": tta},
+    )
+    try:
+        res = map_inputs(engine, inputs, out, settings, models=ckpts, dem=dem, overwrite=overwrite)
+        res.report.finish(strict=strict)
+    except (NothingValidError, OSError) as err:
+        _fail(err)
+    kept = f", {res.reused} kept from an earlier run" if res.reused else ""
+    typer.echo(f"{len(res.scenes)} scenes (threshold {threshold}{kept}) -> {out / 'areas.csv'}")
 
 
 @app.command()

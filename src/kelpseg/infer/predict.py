@@ -31,6 +31,7 @@ from pydantic import ValidationError  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from kelpseg.data.dem_shift import correct_dem  # noqa: E402
+from kelpseg.infer.members import Members  # noqa: E402
 from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
 from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids  # noqa: E402
 from kelpseg.io.plausibility import check_band_order  # noqa: E402
@@ -176,6 +177,7 @@ def predict_tiles(
     proba_format: str = "float32",
     spread: bool = False,
     overwrite: bool = True,
+    slices: int = 1,
 ) -> PredictResult:
     """Predict ``{tile_id}_kelp.tif`` for each ``(tile_id, path)`` into ``out``.
 
@@ -193,6 +195,8 @@ def predict_tiles(
     thresholded masks are. ``spread`` writes ``{tile_id}_spread.tif``, the weighted standard
     deviation of the members' probabilities (float32, NaN nodata). ``precision`` is the
     autocast dtype (``fp32``, ``bf16``, ``fp16``; default bf16 on a GPU that has it, else fp32).
+    ``slices > 1`` predicts SAHI-style: overlapping slices of 1/``slices`` of the tile's side,
+    up-sampled to the tile's size before the model and blended back (kelpseg.infer.sliced).
     With ``overwrite=False`` a tile whose requested outputs exist, read back and carry the same
     models-and-settings fingerprint is skipped (counted ok); writes are atomic.
 
@@ -201,7 +205,7 @@ def predict_tiles(
             output).
     """
     from kelpseg.infer.ensemble import member_weights
-    from kelpseg.infer.tta import TTA_MODES, tta_proba
+    from kelpseg.infer.tta import TTA_MODES
 
     models = list(model) if isinstance(model, list | tuple) else [model]
     if not models:
@@ -235,6 +239,7 @@ def predict_tiles(
         "precision": precision,
         "tta": tta,
         "proba_format": proba_format,
+        **({"slices": slices} if slices > 1 else {}),
     }
     fingerprint = _fingerprint(models, settings)
     spread = spread and len(models) > 1
@@ -247,27 +252,18 @@ def predict_tiles(
             paths.append(out / f"{tile_id}{SPREAD_SUFFIX}")
         return paths
 
-    dtype = PRECISIONS[precision]
-    corrects = [m.cfg.data.correct_dem_shift for m in models]
+    engine = Members(
+        models,
+        w,
+        precision=PRECISIONS[precision],
+        tta=tta,
+        vote=vote,
+        threshold=threshold,
+        spread=spread,
+        slices=slices,
+        dem_fix=correct_dem,
+    )
     pending: list[tuple[str, Path, np.ndarray, np.ndarray, Georef]] = []
-
-    @torch.inference_mode()
-    def member_probas(raw_np: np.ndarray) -> torch.Tensor:
-        raw = torch.from_numpy(raw_np).to(device, non_blocking=True)
-        fixed: torch.Tensor | None = None
-        outs = []
-        for m, corr in zip(models, corrects, strict=True):
-            x = raw
-            if corr:
-                if fixed is None:
-                    fixed = torch.from_numpy(np.stack([correct_dem(r) for r in raw_np]))
-                    fixed = fixed.to(device, non_blocking=True)
-                x = fixed
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                outs.append(tta_proba(m.predict_proba, x, tta).float())
-        return torch.stack(outs)  # (M, B, H, W)
 
     def write_one(
         tile_id: str,
@@ -328,11 +324,7 @@ def predict_tiles(
     def flush() -> None:
         if not pending:
             return
-        probs = member_probas(np.stack([p[2] for p in pending]))
-        wt = torch.as_tensor(w, dtype=torch.float32, device=probs.device)[:, None, None, None]
-        members = (probs >= threshold).float() if vote == "hard" else probs
-        mean = (wt * members).sum(0)
-        std = ((wt * (probs - (wt * probs).sum(0)) ** 2).sum(0)).sqrt() if spread else None
+        mean, std = engine(np.stack([p[2] for p in pending]))
         mean_np = mean.cpu().numpy()
         std_np = std.cpu().numpy() if std is not None else None
         for i, (tile_id, path, _, missing, georef) in enumerate(pending):

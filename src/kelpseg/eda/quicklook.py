@@ -1,0 +1,65 @@
+"""Quick-look PNG of a mapped scene: true colour, stretched, kelp outlined.
+
+Built row band by row band (:meth:`QuickLook.add`) from every ``step``-th pixel, so a whole
+Landsat scene becomes a ~1,000 px picture without holding the scene in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from kelpseg.io.raster import temp_beside
+from kelpseg.io.tiles import NODATA
+
+RGB = (2, 3, 4)  # Red, Green, Blue in the model's band order
+OUTLINE = np.array([255, 40, 200], np.uint8)  # magenta: stands out on sea and land
+
+
+class QuickLook:
+    """Decimated true colour and kelp mask of a ``height`` x ``width`` raster."""
+
+    def __init__(self, height: int, width: int, max_px: int = 1000) -> None:
+        self.step = max(1, math.ceil(max(height, width) / max_px))
+        self.cols = slice(0, width, self.step)
+        self.rgb: list[np.ndarray] = []
+        self.kelp: list[np.ndarray] = []
+
+    def add(self, row: int, raw: np.ndarray, kelp: np.ndarray) -> None:
+        """Rows ``[row, row + h)``: raw ``(7, h, W)`` int16 and the ``(h, W)`` mask (1 kelp)."""
+        first = (-row) % self.step
+        rows = slice(first, raw.shape[1], self.step)
+        self.rgb.append(raw[list(RGB), rows, self.cols])
+        self.kelp.append(kelp[rows, self.cols] == 1)
+
+    def image(self) -> np.ndarray:
+        """``(h, w, 3)`` uint8: 2-98 % stretch per channel, black where missing, kelp outlined."""
+        rgb = np.concatenate(self.rgb, axis=1).astype(np.float32)
+        missing = (rgb == NODATA).any(0)
+        out = np.zeros((*missing.shape, 3), np.uint8)
+        for i, band in enumerate(rgb):
+            valid = band[~missing]
+            if valid.size:
+                lo, hi = np.percentile(valid, (2, 98))
+                scaled = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+                out[..., i] = np.where(missing, 0, scaled).astype(np.uint8)
+        kelp = np.concatenate(self.kelp, axis=0)
+        edge = kelp & ~ndimage.binary_erosion(kelp)
+        out[ndimage.binary_dilation(edge)] = OUTLINE
+        return out
+
+    def save(self, path: Path) -> Path:
+        """Write the PNG atomically."""
+        from PIL import Image
+
+        tmp = temp_beside(path)
+        try:
+            Image.fromarray(self.image()).save(tmp, format="PNG")
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return path

@@ -1,0 +1,107 @@
+"""The ensemble engine: raw int16 batches -> the members' weighted mean probability (and spread).
+
+One implementation serves tile prediction (``kelpseg predict``) and sliced whole-raster
+inference (``kelpseg map``): each member builds its own inputs from its own config (DEM shift
+correction, features), runs under autocast and TTA; probabilities are averaged with weights that
+sum to one (``vote="soft"``), or thresholded masks are (``vote="hard"``). With ``slices > 1``
+every input is cut into overlapping SAHI-style slices that are up-sampled to the input's size
+before the members and blended back (:func:`kelpseg.infer.sliced.sahi`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kelpseg.data.dem_shift import correct_dem
+
+if TYPE_CHECKING:
+    from kelpseg.train.module import KelpSegModule
+
+
+class Members:
+    """Callable ensemble: ``(B, 7, H, W)`` int16 numpy -> ``(mean, std | None)`` float32 tensors
+    ``(B, H, W)`` on the members' device.
+
+    Args:
+        models: The members (one device for all).
+        weights: Normalized member weights (sum to one), one per model.
+        precision: Autocast dtype (None = fp32).
+        tta: Test-time augmentation mode (kelpseg.infer.tta).
+        vote: ``soft`` (mean probability) or ``hard`` (mean of thresholded masks).
+        threshold: The members' threshold for the hard vote.
+        spread: Also return the weighted standard deviation of the members' probabilities.
+        slices: SAHI-style slices per side (1 = off).
+        dem_fix: The DEM shift correction for members trained with ``data.correct_dem_shift``
+            (a raw ``(7, H, W)`` tile -> the tile with its DEM realigned).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[KelpSegModule],
+        weights: Sequence[float] | np.ndarray,
+        *,
+        precision: torch.dtype | None = None,
+        tta: str = "none",
+        vote: str = "soft",
+        threshold: float = 0.5,
+        spread: bool = False,
+        slices: int = 1,
+        dem_fix: Callable[[np.ndarray], np.ndarray] = correct_dem,
+    ) -> None:
+        self.models = list(models)
+        self.device = next(self.models[0].parameters()).device
+        self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
+        self.w = self.weights.to(self.device)[:, None, None, None]
+        self.dtype = precision
+        self.tta = tta
+        self.vote = vote
+        self.threshold = float(threshold)
+        self.spread = spread and len(self.models) > 1
+        if slices < 1:
+            raise ValueError(f"slices must be at least 1, got {slices}")
+        self.slices = int(slices)
+        self.corrects = [m.cfg.data.correct_dem_shift for m in self.models]
+        self.dem_fix = dem_fix
+
+    @torch.inference_mode()
+    def probas(self, raw_np: np.ndarray) -> Tensor:
+        """Every member's probability ``(M, B, H, W)``."""
+        from kelpseg.infer.tta import tta_proba
+
+        dev = self.device
+        raw = torch.from_numpy(raw_np).to(dev, non_blocking=True)
+        fixed: Tensor | None = None
+        outs = []
+        for m, corr in zip(self.models, self.corrects, strict=True):
+            x = raw
+            if corr:
+                if fixed is None:
+                    fixed = torch.from_numpy(np.stack([self.dem_fix(r) for r in raw_np]))
+                    fixed = fixed.to(dev, non_blocking=True)
+                x = fixed
+            dtype = self.dtype
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                outs.append(tta_proba(m.predict_proba, x, self.tta).float())
+        return torch.stack(outs)
+
+    @torch.inference_mode()
+    def combine(self, probs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Weighted mean (soft or hard vote) and, if asked, weighted std of ``(M, B, H, W)``."""
+        members = (probs >= self.threshold).float() if self.vote == "hard" else probs
+        mean = (self.w * members).sum(0)
+        std = None
+        if self.spread:
+            std = (self.w * (probs - (self.w * probs).sum(0)) ** 2).sum(0).sqrt()
+        return mean, std
+
+    def __call__(self, raw_np: np.ndarray) -> tuple[Tensor, Tensor | None]:
+        if self.slices > 1:
+            from kelpseg.infer.sliced import sahi
+
+            return sahi(self, raw_np, self.slices)
+        return self.combine(self.probas(raw_np))

@@ -1,0 +1,205 @@
+"""`kelpseg map`: COG maps, coverage, quick-look, scene.json, areas.csv, batch and resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+from typer.testing import CliRunner
+
+from kelpseg.cli import app
+from kelpseg.config import load_config
+from kelpseg.eda.quicklook import QuickLook
+from kelpseg.infer.mapping import coverage_codes
+from kelpseg.io import write_raster
+from kelpseg.io.cog import is_cog
+from kelpseg.io.raster import Georef
+from kelpseg.train.module import KelpSegModule
+from tests.test_predict import _save
+from tests.test_sliced import _raster
+
+runner = CliRunner()
+UTM = Georef(CRS.from_epsg(32611), Affine(30, 0, 400_000, 0, -30, 3_800_000))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    m = KelpSegModule(load_config("tiny").model_dump(mode="json")).eval()
+    return _save(m, tmp_path_factory.mktemp("ckpt") / "m.ckpt")
+
+
+def test_coverage_codes_land_clear_cloud_nodata() -> None:
+    raw = np.full((7, 1, 5), 8000, np.int16)
+    raw[6] = [40, 0, -32768, -5, 0]  # land, sea, sea beyond the DEM, sea, sea
+    raw[5] = [0, 0, 0, 1, 0]  # the 4th pixel is under a cloud
+    raw[1, 0, 4] = -32768  # the 5th has no reflectance
+    np.testing.assert_array_equal(coverage_codes(raw)[0], [0, 1, 1, 2, 255])
+
+
+def test_quicklook_is_decimated_and_outlines_kelp() -> None:
+    raw = _raster(400, 250)
+    kelp = np.zeros((400, 250), np.uint8)
+    kelp[100:200, 100:200] = 1
+    look = QuickLook(400, 250, max_px=100)
+    for row in range(0, 400, 70):  # bands of any height, as sliced inference hands them on
+        look.add(row, raw[:, row : row + 70], kelp[row : row + 70])
+    img = look.image()
+    assert img.shape == (100, 63, 3) and img.dtype == np.uint8
+    magenta = (img == [255, 40, 200]).all(-1)
+    assert magenta[25:50, 25:50].any() and not magenta[30:45, 30:45].any()  # outline, not fill
+    assert (img[:5, :7] == 0).all()  # the missing corner is black
+
+
+def _inputs(folder: Path) -> tuple[Path, Path, Path]:
+    """A UTM raster, a bad file and an ungeoreferenced raster."""
+    raw = _raster(200, 300, seed=7)
+    raw[5, 150:, :] = 1  # cloud over the bottom rows
+    a = write_raster(
+        folder / "sceneA.tif",
+        raw,
+        georef=UTM,
+        tags={"scene_id": "A", "date": "2021-08-15", "sensor": "LANDSAT_8"},
+    )
+    bad = folder / "broken.tif"
+    bad.write_bytes(b"not a tiff")
+    b = write_raster(folder / "B.tif", _raster(130, 90, seed=8))
+    return a, bad, b
+
+
+def test_map_end_to_end_batch_resume_and_bad_input(ckpt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("kelpseg.geo.area")
+    pytest.importorskip("kelpseg.geo.vector")
+    a, bad, b = _inputs(tmp_path)
+    maps = tmp_path / "maps"
+    res = runner.invoke(
+        app, ["map", "--model", str(ckpt), str(a), str(bad), str(b), "-o", str(maps), "--geojson"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "broken.tif" in res.output and "2 ok, 1 skipped" in res.output
+    assert sorted(p.name for p in maps.iterdir()) == ["A", "B", "areas.csv"]
+    scene = maps / "A"
+    names = {p.name for p in scene.iterdir()}
+    want = {
+        f"A_{s}"
+        for s in (
+            "kelp.tif",
+            "proba.tif",
+            "coverage.tif",
+            "kelp.gpkg",
+            "kelp.geojson",
+            "quicklook.png",
+        )
+    }
+    assert want | {"scene.json"} == names  # one model: no spread; no temporary file left
+    raw = _raster(200, 300, seed=7)
+    missing = (raw[:5] == -32768).any(0)
+    for name in ("kelp", "proba", "coverage"):
+        path = scene / f"A_{name}.tif"
+        assert is_cog(path)
+        with rasterio.open(path) as src:
+            assert src.crs == UTM.crs and src.transform == UTM.transform
+            assert src.overviews(1)
+            data = src.read(1)
+        if name == "proba":
+            assert np.isnan(data[missing]).all() and np.isfinite(data[~missing]).all()
+        else:
+            assert (data[missing] == 255).all() and (data[~missing] != 255).all()
+        if name == "kelp":
+            kelp = data
+        if name == "coverage":
+            cov = data
+    info = json.loads((scene / "scene.json").read_text())
+    assert (
+        info["scene_id"] == "A" and info["date"] == "2021-08-15" and info["sensor"] == "LANDSAT_8"
+    )
+    assert info["pixel_area_assumed"] is False and info["crs"]
+    ha = 30 * 30 / 10_000
+    assert info["kelp_ha"] == pytest.approx((kelp == 1).sum() * ha)
+    assert info["water_clear_ha"] == pytest.approx((cov == 1).sum() * ha)
+    assert info["water_ha"] == pytest.approx(((cov == 1) | (cov == 2)).sum() * ha)
+    assert 0 < info["observed_fraction"] < 1
+    assert info["models"] == [str(ckpt)]
+    newest = max(p.stat().st_mtime_ns for p in scene.iterdir() if p.name != "scene.json")
+    assert (scene / "scene.json").stat().st_mtime_ns >= newest  # written last
+    table = pd.read_csv(maps / "areas.csv")
+    assert list(table.scene_id) == ["A", "B"]
+    nocrs = json.loads((maps / "B" / "scene.json").read_text())
+    assert nocrs["pixel_area_assumed"] is True and nocrs["crs"] is None
+    with rasterio.open(maps / "B" / "B_kelp.tif") as src:
+        assert src.crs is None
+    # a rerun keeps done scenes; --overwrite redoes them
+    stamp = (scene / "scene.json").stat().st_mtime_ns
+    again = ["map", "--model", str(ckpt), str(a), "-o", str(maps), "--geojson"]
+    res = runner.invoke(app, again)
+    assert res.exit_code == 0 and "kept" in res.output
+    assert (scene / "scene.json").stat().st_mtime_ns == stamp
+    res = runner.invoke(app, [*again, "--overwrite"])
+    assert res.exit_code == 0 and (scene / "scene.json").stat().st_mtime_ns > stamp
+
+
+def test_ensemble_writes_spread_and_a_missing_model_is_one_line(ckpt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("kelpseg.geo.vector")
+    a, _, _ = _inputs(tmp_path)
+    maps = tmp_path / "maps"
+    args = ["map", "-m", str(ckpt), "-m", str(ckpt), str(a), "-o", str(maps), "--no-probabilities"]
+    res = runner.invoke(app, [*args, "--window", "48", "--overlap", "16", "--slices", "2"])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(maps / "A" / "A_spread.tif") as src:
+        assert src.nodata != src.nodata and np.nanmax(src.read(1)) < 1e-3  # NaN nodata, twins
+    assert not (maps / "A" / "A_proba.tif").exists()
+    res = runner.invoke(app, ["map", "-m", str(tmp_path / "nope.ckpt"), str(a), "-o", str(maps)])
+    assert res.exit_code == 1 and "nope.ckpt" in res.output and "Traceback" not in res.output
+
+
+def test_landsat_scene_folder_is_stacked_and_mapped(ckpt: Path, tmp_path: Path) -> None:
+    pytest.importorskip("kelpseg.geo.vector")
+    pytest.importorskip("kelpseg.io.landsat")
+    synth = pytest.importorskip("kelpseg.synth.landsat")
+    scene = synth.write_landsat_scene(tmp_path / "scene", size=160, seed=1)
+    maps = tmp_path / "maps"
+    res = runner.invoke(
+        app, ["map", "-m", str(ckpt), str(scene.folder), "--dem", str(scene.dem), "-o", str(maps)]
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads((maps / scene.meta.scene_id / "scene.json").read_text())
+    assert info["sensor"] == scene.meta.sensor and info["date"] == scene.meta.date.isoformat()
+    assert not list((maps / scene.meta.scene_id).glob(".*"))  # the stacked input was removed
+
+
+def test_a_run_killed_mid_scene_leaves_nothing_half_written(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("kelpseg.geo.vector")
+    from kelpseg.infer.members import Members
+
+    a, _, _ = _inputs(tmp_path)
+    maps = tmp_path / "maps"
+    calls = {"n": 0}
+    real = Members.__call__
+
+    def dies_on_second_batch(self, raw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as a kill between two batches
+        return real(self, raw)
+
+    monkeypatch.setattr(Members, "__call__", dies_on_second_batch)
+    args = ["map", "-m", str(ckpt), str(a), "-o", str(maps), "--batch-size", "2"]
+    runner.invoke(app, args)
+    assert calls["n"] == 2
+    assert list(maps.iterdir()) == []  # no output, no temporary file
+    monkeypatch.setattr(Members, "__call__", real)
+    (maps / "A").mkdir()  # what a SIGKILL leaves: hidden temporary files, no scene.json
+    stale = maps / "A" / ".A_kelp.tif.abc123.tmp"
+    stale.write_bytes(b"half")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0 and (maps / "A" / "scene.json").is_file()
+    assert not stale.exists() and not list((maps / "A").glob(".*"))
