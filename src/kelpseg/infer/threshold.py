@@ -5,6 +5,16 @@ Each trained fold's model predicts that fold's validation tiles (from the packed
 non-kelp probabilities are counted per candidate threshold (one ``searchsorted`` per batch, no
 per-pixel Python), and the threshold with the best global kelp Dice over all valid pixels of
 all folds is written to ``OUT/threshold.json`` with its curve (``OUT/threshold.png``).
+
+The ensemble's threshold (``ensemble`` entry, when several folds are tuned) cannot be tuned on
+out-of-fold *ensemble* predictions: in K-fold every validation tile of one fold was a training
+tile of every other fold's model, so the averaged probability of a training tile is optimistic.
+What can be estimated honestly is the expected Dice curve of the weighted members: each fold's
+out-of-fold counts per pixel, weighted by the member's ensemble weight (equal or dice), scaled
+to the pooled pixel count. That is the exact expected outcome of an ensemble that hands each
+pixel to member k with probability w_k; the soft average differs from it only by averaging
+before thresholding (which shrinks probabilities towards their mean), the one effect no
+out-of-fold data can measure here. The entry says so (``method``).
 """
 
 from __future__ import annotations
@@ -42,11 +52,14 @@ class OofBatch:
     valid: np.ndarray  # (B, H, W) bool: pixels present in the input
 
 
-def fold_checkpoints(out: Path) -> dict[int, Path]:
-    """``{fold: checkpoint}`` of every finished fold (``OUT/fold*/result.json``)."""
+def fold_checkpoints(out: Path, folds: list[int] | None = None) -> dict[int, Path]:
+    """``{fold: checkpoint}`` of every finished fold (``OUT/fold*/result.json``), or of
+    ``folds`` only."""
     found: dict[int, Path] = {}
     for res in sorted(out.glob("fold*/result.json")):
         info = json.loads(res.read_text())
+        if folds is not None and int(info["fold"]) not in folds:
+            continue
         ckpt = Path(info["checkpoint"])
         if not ckpt.is_file():  # the run folder was moved: the file sits next to result.json
             ckpt = res.parent / ckpt.name
@@ -56,14 +69,32 @@ def fold_checkpoints(out: Path) -> dict[int, Path]:
     return found
 
 
-def iter_oof(out: Path, *, device: str = "cpu", batch_size: int = 8) -> Iterator[OofBatch]:
-    """Predict every finished fold's validation tiles with that fold's own model."""
+def fold_dices(out: Path) -> dict[int, float]:
+    """``{fold: val Dice}`` of every finished fold (``OUT/fold*/result.json``)."""
+    found: dict[int, float] = {}
+    for res in sorted(out.glob("fold*/result.json")):
+        info = json.loads(res.read_text())
+        found[int(info["fold"])] = float(info["val_dice"])
+    return found
+
+
+def iter_oof(
+    out: Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    folds: list[int] | None = None,
+    tta: str = "none",
+) -> Iterator[OofBatch]:
+    """Predict every finished fold's (or ``folds``') validation tiles with that fold's own
+    model (fp32, under ``tta``)."""
     import torch
 
     from kelpseg.data.cache import open_cache
     from kelpseg.infer.predict import load_model
+    from kelpseg.infer.tta import tta_proba
 
-    checkpoints = fold_checkpoints(out)
+    checkpoints = fold_checkpoints(out, folds)
     for name in ("splits.csv", "cache/tile_ids.txt"):
         if not (out / name).is_file():
             raise ThresholdError(f"{out / name}: missing; run `kelpseg train` on this folder")
@@ -81,7 +112,7 @@ def iter_oof(out: Path, *, device: str = "cpu", batch_size: int = 8) -> Iterator
             raw = np.asarray(packed.images[sel])
             with torch.inference_mode():
                 x = torch.from_numpy(raw).to(model.device)
-                proba = model.predict_proba(x).float().cpu().numpy()
+                proba = tta_proba(model.predict_proba, x, tta).float().cpu().numpy()
             valid = ~np.stack([missing_pixels(r) for r in raw])
             yield OofBatch(
                 fold,
@@ -180,14 +211,57 @@ def plot_curve(result: dict, path: Path) -> Path:
     return path
 
 
-def tune_threshold(out: Path, *, device: str = "cpu", batch_size: int = 8) -> dict:
-    """Tune the decision threshold out of fold; write ``threshold.json`` and ``threshold.png``."""
+def mixture(per_fold: dict[int, Counts], weights: dict[int, float]) -> Counts:
+    """Expected counts of the weighted members: each fold's counts per pixel times its weight,
+    scaled to the pooled pixel count (float counts)."""
+    first = next(iter(per_fold.values()))
+    mix = Counts(first.thresholds)
+    total = sum(int(c.kelp.sum() + c.water.sum()) for c in per_fold.values())
+    kelp = np.zeros(len(mix.kelp))
+    water = np.zeros(len(mix.water))
+    for fold, c in per_fold.items():
+        n = max(int(c.kelp.sum() + c.water.sum()), 1)
+        kelp += weights[fold] * c.kelp / n * total
+        water += weights[fold] * c.water / n * total
+    mix.kelp, mix.water = kelp, water
+    return mix
+
+
+def tune_threshold(
+    out: Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    folds: list[int] | None = None,
+    weights: str = "equal",
+    tta: str = "none",
+) -> dict:
+    """Tune the decision threshold out of fold; write ``threshold.json`` and ``threshold.png``.
+
+    With several folds the ``ensemble`` entry holds the threshold of their ensemble under
+    ``weights`` (``equal``, ``dice`` or numbers in fold order; see the module notes).
+    """
+    from kelpseg.infer.ensemble import member_weights
+
     counts = Counts()
-    folds: set[int] = set()
-    for b in iter_oof(out, device=device, batch_size=batch_size):
+    per_fold: dict[int, Counts] = {}
+    for b in iter_oof(out, device=device, batch_size=batch_size, folds=folds, tta=tta):
         counts.add(b.proba, b.truth, b.valid)
-        folds.add(b.fold)
-    result = {"folds": sorted(folds), **choose(counts)}
+        per_fold.setdefault(b.fold, Counts()).add(b.proba, b.truth, b.valid)
+    result = {"folds": sorted(per_fold), "tta": tta, **choose(counts)}
+    if len(per_fold) > 1:
+        order = sorted(per_fold)
+        dices = fold_dices(out)
+        w = member_weights(len(order), weights, [dices.get(f) for f in order])
+        ens = choose(mixture(per_fold, dict(zip(order, map(float, w), strict=True))))
+        del ens["curve"]["precision"], ens["curve"]["recall"]
+        result["ensemble"] = {
+            "weights": weights,
+            "member_weights": {str(f): float(v) for f, v in zip(order, w, strict=True)},
+            "method": "expected counts of the weighted members, each on its own validation "
+            "tiles (no out-of-fold ensemble prediction exists in K-fold)",
+            **ens,
+        }
     atomic_write_text(out / THRESHOLD_FILE, json.dumps(result, indent=2))
     plot_curve(result, out / CURVE_FILE)
     return result
