@@ -28,6 +28,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "onnx_speed.py": ([], ["--batches", "1", "--repeat", "1"]),
     "postprocess.py": ([], []),  # needs a trained run: demo_out/run of `make demo`
     "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
+    "tta.py": ([], ["--max-tiles", "2"]),  # needs a trained run: demo_out/run of `make demo`
+    "ensemble_threshold.py": ([], ["--max-tiles", "3"]),  # needs demo_out of `make demo`
 }
 
 

@@ -85,9 +85,10 @@ def iter_oof(
     batch_size: int = 8,
     folds: list[int] | None = None,
     tta: str = "none",
+    limit: int | None = None,
 ) -> Iterator[OofBatch]:
     """Predict every finished fold's (or ``folds``') validation tiles with that fold's own
-    model (fp32, under ``tta``)."""
+    model (fp32, under ``tta``); ``limit``: the first tiles of each fold only (smoke runs)."""
     import torch
 
     from kelpseg.data.cache import open_cache
@@ -105,6 +106,7 @@ def iter_oof(
         ids = [t for t in splits.loc[splits["fold"] == fold, "tile_id"] if t in cached]
         if not ids:
             raise ThresholdError(f"{out / 'splits.csv'}: fold {fold} has no cached tiles")
+        ids = ids[:limit] if limit is not None else ids
         model = load_model(ckpt, device=device)
         rows = packed.row(ids)
         for start in range(0, len(ids), batch_size):
