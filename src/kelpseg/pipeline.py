@@ -245,11 +245,14 @@ def cache_shape(train: pd.DataFrame, size: int | None) -> int | tuple[int, int]:
     return int(train["height"].max()), int(train["width"].max())
 
 
-def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
+def run_training(
+    prep: Prepared, cfg: Config, out: Path, seconds: dict[str, float] | None = None
+) -> list:
     """Pack the training tiles and train the configured folds.
 
     Every valid training tile is packed (validation uses the ``data.exclude``d ones too);
-    training skips the rows whose ``excluded`` is True.
+    training skips the rows whose ``excluded`` is True. ``seconds`` receives each fold's
+    training time (also printed).
     """
     from kelpseg.data.cache import build_cache
     from kelpseg.train.fit import train_fold
@@ -261,7 +264,15 @@ def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
         shifts = dict(zip(ids, dem_shifts(prep.stats, ids), strict=True))
     shape = cache_shape(prep.train, cfg.data.tile_size)
     packed = build_cache(refs, out / "cache", shape, shifts)
-    return [train_fold(cfg, prep.train, packed, k, out) for k in fold_list(cfg)]
+    results = []
+    for k in fold_list(cfg):
+        t0 = time.perf_counter()
+        results.append(train_fold(cfg, prep.train, packed, k, out))
+        took = round(time.perf_counter() - t0, 1)
+        print(f"[train] fold {k}: {took} s", file=sys.stderr)
+        if seconds is not None:
+            seconds[f"fold{k}"] = took
+    return results
 
 
 def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) -> dict[str, float]:
@@ -360,7 +371,8 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     prep = prepare(data, cfg, out, pack=True)
     _all_test_tiles_valid(prep)
-    results = run_training(prep, cfg, out)
+    fold_seconds: dict[str, float] = {}
+    results = run_training(prep, cfg, out, fold_seconds)
     t_train = time.perf_counter()
     best = max(results, key=lambda r: r.val_dice)
     p = cfg.predict
@@ -386,6 +398,7 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     if several:
         runs["single"] = out / "predictions_single"
         _predict_test(prep, cfg, [best.checkpoint], [1.0], single_t, runs["single"])
+    t_pred = time.perf_counter()
     metrics: dict = {
         "train_tiles": len(prep.train),
         "test_tiles": n_test,
@@ -430,7 +443,9 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     metrics["ndvi_rule"] = ndvi_baseline(prep, cfg, out, truth)
     metrics["seconds"] = {
         "train": round(t_train - t0, 1),
+        "folds": fold_seconds,
         "threshold": round(t_tune - t_train, 1),
+        "predict": round(t_pred - t_tune, 1),
         "total": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))

@@ -75,7 +75,11 @@ def print_metrics(metrics: dict, out: Path) -> None:
     secs = metrics.get("seconds", {})
     console.print(
         f"{metrics['train_tiles']} training tiles in {metrics['aoi_groups']} AOI groups, "
-        f"{metrics['test_tiles']} test tiles; train {secs.get('train')} s, total {secs.get('total')} s"
+        f"{metrics['test_tiles']} test tiles; train {secs.get('train')} s"
+        + (f" ({len(secs['folds'])} folds)" if len(secs.get("folds") or {}) > 1 else "")
+        + (f", threshold {secs['threshold']} s" if "threshold" in secs else "")
+        + (f", predict {secs['predict']} s" if "predict" in secs else "")
+        + f", total {secs.get('total')} s"
     )
     if members > 1:
         console.print(
