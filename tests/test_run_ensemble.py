@@ -123,3 +123,34 @@ def test_report_shows_single_and_ensemble_side_by_side(two_folds, capsys, monkey
     assert "best fold" in text and "2 folds, dice" in text
     assert f"{metrics['test']['single']['dice']:.4f}" in text
     assert f"{metrics['test']['ensemble']['dice']:.4f}" in text
+
+
+def test_threshold_command_tunes_the_ensemble_with_the_runs_weights(
+    two_folds, tmp_path: Path
+) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from kelpseg.cli import app
+
+    out, _ = two_folds
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("splits.csv", "config.yaml"):
+        shutil.copy(out / name, copy / name)
+    for folder in ("cache", "fold0", "fold1"):
+        (copy / folder).symlink_to(out / folder)
+    res = CliRunner().invoke(app, ["threshold", str(copy)])  # dice weights, from config.yaml
+    assert res.exit_code == 0, res.output
+    assert "ensemble (dice weights)" in res.stdout
+    again = json.loads((copy / "threshold.json").read_text())
+    assert again["ensemble"] == json.loads((out / "threshold.json").read_text())["ensemble"]
+    res = CliRunner().invoke(app, ["threshold", str(copy), "--weights", "1,0"])
+    assert res.exit_code == 0, res.output
+    ens = json.loads((copy / "threshold.json").read_text())["ensemble"]
+    assert ens["member_weights"] == {"0": 1.0, "1": 0.0}
+    fold0 = Counts()
+    for b in iter_oof(copy, folds=[0]):
+        fold0.add(b.proba, b.truth, b.valid)
+    assert ens["threshold"] == choose(fold0)["threshold"]

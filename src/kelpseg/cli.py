@@ -552,21 +552,50 @@ def threshold(
     out: Annotated[Path, typer.Argument(help="Output folder of `kelpseg train` / `run`.")],
     device: Annotated[str, typer.Option(help="Device for the fold models.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Ensemble weights for the `ensemble` entry: equal, dice or 0.2,0.8; default: "
+            "OUT/config.yaml's predict.weights, else equal."
+        ),
+    ] = None,
+    tta: Annotated[
+        str | None,
+        typer.Option(help="TTA of the predictions: none, flips, d4; default: OUT/config.yaml's."),
+    ] = None,
 ) -> None:
     """Tune the decision threshold out of fold (each fold's model on its own validation tiles)
-    for the best global Dice; writes OUT/threshold.json and threshold.png.
-    (kelpseg.infer.threshold)"""
+    for the best global Dice, and the ensemble's where several folds exist; writes
+    OUT/threshold.json and threshold.png. (kelpseg.infer.threshold)"""
+    from kelpseg.infer.ensemble import EnsembleError
     from kelpseg.infer.predict import CheckpointError
     from kelpseg.infer.threshold import ThresholdError, tune_threshold
+    from kelpseg.infer.tta import TTA_MODES
 
+    saved = None
+    if (out / "config.yaml").is_file() and (weights is None or tta is None):
+        try:
+            saved = load_config(out / "config.yaml").predict
+        except ConfigError as err:
+            _fail(ValueError(f"{out / 'config.yaml'}: {str(err).splitlines()[0]}"))
+    weights = weights or (saved.weights if saved else "equal")
+    tta = tta or (saved.tta if saved else "none")
+    if tta not in TTA_MODES:
+        _fail(ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}"))
     try:
-        res = tune_threshold(out, device=device, batch_size=batch_size)
-    except (ThresholdError, CheckpointError, OSError, KeyError, ValueError) as err:
+        res = tune_threshold(out, device=device, batch_size=batch_size, weights=weights, tta=tta)
+    except (ThresholdError, CheckpointError, EnsembleError, OSError, KeyError, ValueError) as err:
         _fail(err)
     typer.echo(
         f"threshold {res['threshold']:.2f}: Dice {res['dice']:.4f} "
         f"(0.5: {res['dice_at_0.5']:.4f}), folds {res['folds']} -> {out / 'threshold.json'}"
     )
+    if "ensemble" in res:
+        e = res["ensemble"]
+        typer.echo(
+            f"ensemble ({weights} weights): threshold {e['threshold']:.2f}, expected Dice "
+            f"{e['dice']:.4f} (0.5: {e['dice_at_0.5']:.4f})"
+        )
 
 
 @app.command()
