@@ -87,9 +87,9 @@ def test_ensemble_threshold_is_tuned_on_the_weighted_members(two_folds) -> None:
     w = {int(k): v for k, v in tuned["ensemble"]["member_weights"].items()}
     assert sum(w.values()) == pytest.approx(1.0)
     mix = choose(mixture(per_fold, w))
-    assert tuned["ensemble"]["threshold"] == mix["threshold"]
+    assert tuned["ensemble"]["member_threshold"] == mix["threshold"]
     # the mixture's Dice at a threshold = Dice of the weighted per-pixel rates, counted directly
-    t = tuned["ensemble"]["threshold"]
+    t = tuned["ensemble"]["member_threshold"]
     tp = pred = kelp = 0.0
     for fold, batches in data.items():
         p = np.concatenate([b.proba for b in batches])
@@ -100,7 +100,7 @@ def test_ensemble_threshold_is_tuned_on_the_weighted_members(two_folds) -> None:
         tp += w[fold] * (hit & y).sum() / n
         pred += w[fold] * hit.sum() / n
         kelp += w[fold] * (y & v).sum() / n
-    assert tuned["ensemble"]["dice"] == pytest.approx(2 * tp / (pred + kelp), rel=1e-9)
+    assert tuned["ensemble"]["members_dice"] == pytest.approx(2 * tp / (pred + kelp), rel=1e-9)
     # with one fold's weight 1, the mixture is that fold's own out-of-fold curve
     only = choose(mixture(per_fold, {0: 1.0, 1: 0.0}))
     b0 = data[0]
@@ -126,7 +126,7 @@ def test_report_shows_single_and_ensemble_side_by_side(two_folds, capsys, monkey
 
 
 def test_threshold_command_tunes_the_ensemble_with_the_runs_weights(
-    two_folds, tmp_path: Path
+    two_folds, synth_data, tmp_path: Path
 ) -> None:
     import shutil
 
@@ -141,16 +141,56 @@ def test_threshold_command_tunes_the_ensemble_with_the_runs_weights(
         shutil.copy(out / name, copy / name)
     for folder in ("cache", "fold0", "fold1"):
         (copy / folder).symlink_to(out / folder)
-    res = CliRunner().invoke(app, ["threshold", str(copy)])  # dice weights, from config.yaml
+    test_dir = synth_data.root / "test_satellite"
+    res = CliRunner().invoke(app, ["threshold", str(copy), "--tiles", str(test_dir)])
     assert res.exit_code == 0, res.output
-    assert "ensemble (dice weights)" in res.stdout
+    assert "ensemble (dice weights)" in res.stdout  # from config.yaml
     again = json.loads((copy / "threshold.json").read_text())
     assert again["ensemble"] == json.loads((out / "threshold.json").read_text())["ensemble"]
     res = CliRunner().invoke(app, ["threshold", str(copy), "--weights", "1,0"])
     assert res.exit_code == 0, res.output
     ens = json.loads((copy / "threshold.json").read_text())["ensemble"]
     assert ens["member_weights"] == {"0": 1.0, "1": 0.0}
+    assert "cached training tiles" in ens["calibration"]  # no --tiles
     fold0 = Counts()
     for b in iter_oof(copy, folds=[0]):
         fold0.add(b.proba, b.truth, b.valid)
-    assert ens["threshold"] == choose(fold0)["threshold"]
+    assert ens["member_threshold"] == choose(fold0)["threshold"]
+    # one member with all the weight: its mean is itself, so the share matches at its threshold
+    assert ens["threshold"] == ens["member_threshold"]
+
+
+def test_ensemble_threshold_matches_the_members_kelp_share_on_the_test_tiles(
+    two_folds, synth_data
+) -> None:
+    """Rate matching, recomputed: no candidate gives a share closer to the members' one."""
+    import torch
+
+    from kelpseg.data.dem_shift import correct_dem
+    from kelpseg.infer.predict import load_model
+    from kelpseg.infer.threshold import CANDIDATES
+    from kelpseg.io import discover, read_tile
+    from kelpseg.io.tiles import missing_pixels
+
+    out, metrics = two_folds
+    ens = json.loads((out / "threshold.json").read_text())["ensemble"]
+    assert ens["calibration_tiles"] == synth_data.n_test
+    models = [load_model(p, "cpu") for p in metrics["ensemble"]["members"]]
+    w = np.array(metrics["ensemble"]["weights"], dtype=np.float32)
+    means, member_hits, n = [], 0.0, 0
+    for ref in (r for r in discover(synth_data.root) if r.split == "test"):
+        raw = read_tile(ref.image)
+        valid = ~missing_pixels(raw)
+        with torch.inference_mode():
+            x = torch.from_numpy(correct_dem(raw)[None])
+            probs = np.stack([m.predict_proba(x)[0].numpy() for m in models])
+        means.append(np.tensordot(w, probs, 1)[valid])
+        member_hits += float(
+            (w * (probs[:, valid] >= np.float32(ens["member_threshold"])).sum(1)).sum()
+        )
+        n += int(valid.sum())
+    mean = np.concatenate(means)
+    target = member_hits / n
+    assert ens["kelp_share_members"] == pytest.approx(target, rel=1e-6)
+    gaps = [abs((mean >= np.float32(t)).mean() - target) for t in CANDIDATES]
+    assert abs(gaps[list(CANDIDATES).index(ens["threshold"])] - min(gaps)) < 1e-6

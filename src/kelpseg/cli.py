@@ -563,6 +563,13 @@ def threshold(
         str | None,
         typer.Option(help="TTA of the predictions: none, flips, d4; default: OUT/config.yaml's."),
     ] = None,
+    tiles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Unlabelled tiles (e.g. the test folder) on which the ensemble's threshold is "
+            "calibrated; default: cached training tiles."
+        ),
+    ] = None,
 ) -> None:
     """Tune the decision threshold out of fold (each fold's model on its own validation tiles)
     for the best global Dice, and the ensemble's where several folds exist; writes
@@ -582,8 +589,26 @@ def threshold(
     tta = tta or (saved.tta if saved else "none")
     if tta not in TTA_MODES:
         _fail(ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}"))
+    calibration = None
+    if tiles:
+        from kelpseg.io import find_images
+        from kelpseg.io.errors import InputError
+
+        try:
+            calibration = [path for _, path in find_images(tiles)]
+        except InputError as err:
+            _fail(err)
+        if not calibration:
+            _fail(FileNotFoundError(f"--tiles: no .tif tiles in {', '.join(map(str, tiles))}"))
     try:
-        res = tune_threshold(out, device=device, batch_size=batch_size, weights=weights, tta=tta)
+        res = tune_threshold(
+            out,
+            device=device,
+            batch_size=batch_size,
+            weights=weights,
+            tta=tta,
+            calibration=calibration,
+        )
     except (ThresholdError, CheckpointError, EnsembleError, OSError, KeyError, ValueError) as err:
         _fail(err)
     typer.echo(
@@ -593,8 +618,8 @@ def threshold(
     if "ensemble" in res:
         e = res["ensemble"]
         typer.echo(
-            f"ensemble ({weights} weights): threshold {e['threshold']:.2f}, expected Dice "
-            f"{e['dice']:.4f} (0.5: {e['dice_at_0.5']:.4f})"
+            f"ensemble ({weights} weights): threshold {e['threshold']:.2f} (members "
+            f"{e['member_threshold']:.2f}, calibrated on {e['calibration_tiles']} tiles)"
         )
 
 

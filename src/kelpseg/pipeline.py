@@ -387,6 +387,7 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
             folds=[r.fold for r in results],
             weights=p.weights,
             tta=p.tta,
+            calibration=[path for _, path in prep.test_items()],
         )
         single_t = oof["threshold"]
         ensemble_t = oof["ensemble"]["threshold"] if several else single_t
@@ -428,9 +429,8 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
         keep = ("folds", "tta", "threshold", "dice", "dice_at_0.5")
         metrics["oof_threshold"] = {k: oof[k] for k in keep}
         if several:
-            metrics["oof_threshold"]["ensemble"] = {
-                k: oof["ensemble"][k] for k in ("threshold", "dice", "dice_at_0.5", "method")
-            }
+            keep = ("threshold", "member_threshold", "members_dice", "calibration_tiles")
+            metrics["oof_threshold"]["ensemble"] = {k: oof["ensemble"][k] for k in keep}
     if truth is not None:
         metrics["test"] = {}
         for name, where in runs.items():

@@ -54,9 +54,7 @@ def print_metrics(metrics: dict, out: Path) -> None:
     rows = [("single", "net: best fold", best_val, oof.get("dice"))]
     if members > 1:
         name = f"net: {members} folds, {ens.get('weights_from', 'equal')}"
-        rows.append(
-            ("ensemble", name, metrics.get("val_dice"), oof.get("ensemble", {}).get("dice"))
-        )
+        rows.append(("ensemble", name, metrics.get("val_dice"), None))
     for key, label, val, oof_dice in rows:
         t = test.get(key, {})
         table.add_row(
@@ -83,8 +81,8 @@ def print_metrics(metrics: dict, out: Path) -> None:
     )
     if members > 1:
         console.print(
-            "val Dice: the best fold's / the mean over folds; OOF Dice: out-of-fold at the "
-            "tuned threshold (ensemble: the weighted members' expected Dice)"
+            "val Dice: the best fold's / the mean over folds; OOF Dice: out of fold at the "
+            "tuned threshold (none exists for an ensemble of the folds)"
         )
     line(f"outputs:  predictions  {out / 'predictions'}")
     if "single" in metrics.get("predictions", {}):
