@@ -194,3 +194,19 @@ def test_ensemble_threshold_matches_the_members_kelp_share_on_the_test_tiles(
     assert ens["kelp_share_members"] == pytest.approx(target, rel=1e-6)
     gaps = [abs((mean >= np.float32(t)).mean() - target) for t in CANDIDATES]
     assert abs(gaps[list(CANDIDATES).index(ens["threshold"])] - min(gaps)) < 1e-6
+
+
+def test_predict_run_uses_the_ensembles_threshold(two_folds, synth_data, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from kelpseg.cli import app
+    from kelpseg.io import discover
+
+    out, _ = two_folds
+    tuned = json.loads((out / "threshold.json").read_text())
+    tile = next(r.image for r in discover(synth_data.root) if r.split == "test")
+    res = CliRunner().invoke(app, ["predict", "--run", str(out), str(tile), "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    with rasterio.open(next(tmp_path.glob("*_kelp.tif"))) as src:
+        assert float(src.tags()["threshold"]) == tuned["ensemble"]["threshold"]
+        assert src.tags()["members"] == "2"
