@@ -656,7 +656,8 @@ def run(
     strict: StrictOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
-    """The whole job: stats, groups, split, train, predict test tiles, metrics.json. (kelpseg.pipeline)"""
+    """The whole job: stats, groups, split, train the folds, tune the threshold out of fold,
+    predict the test tiles with the best fold and with the ensemble, metrics.json. (kelpseg.pipeline)"""
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
 
@@ -676,7 +677,8 @@ def demo(
     config: ConfigOpt = "demo",
     set_: SetOpt = None,
 ) -> None:
-    """Synthetic dataset -> `kelpseg run` on CPU, then the metrics table. (kelpseg.pipeline)"""
+    """Synthetic dataset -> `kelpseg run` on CPU (3 folds), then the metrics table: best fold and
+    ensemble side by side. (kelpseg.pipeline)"""
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
     from kelpseg.synth import generate
