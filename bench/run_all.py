@@ -36,6 +36,8 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "seams.py": ([], ["--grid", "2"]),
     "map_speed.py": ([], ["--size", "400", "--configs", "tiny"]),
     "sahi.py": ([], ["--max-tiles", "4"]),  # needs a trained run: demo_out/run of `make demo`
+    "tta.py": ([], ["--max-tiles", "2"]),  # needs a trained run: demo_out/run of `make demo`
+    "ensemble_threshold.py": ([], ["--max-tiles", "3"]),  # needs demo_out of `make demo`
 }
 
 

@@ -98,10 +98,17 @@ def test_run_writes_masks_and_metrics(run_out, synth_data) -> None:
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test_tiles"] == synth_data.n_test
     assert 0.0 <= saved["val_dice"] <= 1.0
-    assert saved["test"]["tiles"] == synth_data.n_test
+    test = saved["test"]["ensemble"]
+    assert test["tiles"] == synth_data.n_test
+    # one trained fold is its own ensemble: predicted once, scored once, shown as both
+    assert saved["test"]["single"] == test and saved["ensemble"]["same_as_single"]
+    assert not (out / "predictions_single").exists()
+    tuned = json.loads((out / "threshold.json").read_text())  # tuned out of fold, then used
+    assert saved["threshold"] == {"single": tuned["threshold"], "ensemble": tuned["threshold"]}
+    assert "ensemble" not in tuned and saved["oof_threshold"]["folds"] == [0]
     # the network must beat the NDVI rule fitted on the same training tiles (an all-zero or
     # untrained model does not): measured 0.53 vs 0.37 on this set
-    assert saved["test"]["dice"] >= saved["ndvi_rule"]["test_dice"] + 0.05, saved
+    assert test["dice"] >= saved["ndvi_rule"]["test_dice"] + 0.05, saved
     preds = sorted((out / "predictions").glob("*_kelp.tif"))
     assert len(preds) == synth_data.n_test
     m = read_mask(preds[0], allow_nodata=True)  # validates 1 band, 0/1 (255 where input missing)

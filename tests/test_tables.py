@@ -229,7 +229,8 @@ def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path
         mock.patch.object(predict, "predict_tiles", predict_tiles),
         pytest.raises(NothingValidError, match=f"1 test tile.*no prediction.*{test_ids[0]}"),
     ):
-        pipeline.run_pipeline(synth_data.root, load_config("tiny"), tmp_path, synth_data.test_masks)
+        cfg = load_config("tiny", ["predict.tune_threshold=false"])  # no fold was trained
+        pipeline.run_pipeline(synth_data.root, cfg, tmp_path, synth_data.test_masks)
     assert not (tmp_path / "metrics.json").exists()
 
 

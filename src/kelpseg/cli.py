@@ -480,10 +480,10 @@ def predict(
     args: Annotated[
         list[Path],
         typer.Argument(
-            help="[CKPT] INPUTS...: a .ckpt from `kelpseg train` (unless --model/--run), then "
-            "tiles or folders of tiles. Outputs are named by tile id, so two inputs with the "
-            "same file name are refused; *_kelp.tif / *_proba.tif in folders are skipped "
-            "(outputs of an earlier predict).",
+            help="[MODEL] INPUTS...: a .ckpt from `kelpseg train` (.onnx from `kelpseg export` "
+            "with --backend onnx) unless --model/--run, then tiles or folders of tiles. Outputs "
+            "are named by tile id, so two inputs with the same file name are refused; "
+            "*_kelp.tif / *_proba.tif in folders are skipped (outputs of an earlier predict).",
             show_default=False,
             metavar="CKPT_AND_INPUTS",
         ),
@@ -500,44 +500,78 @@ def predict(
         typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
     ] = None,
     weights: Annotated[
-        str,
-        typer.Option(help="Ensemble weights: equal, dice (val Dice, min-max; --run) or 0.2,0.8."),
-    ] = "equal",
+        str | None,
+        typer.Option(
+            help="Ensemble weights: equal, dice (val Dice, min-max; --run) or 0.2,0.8 "
+            "[config: predict.weights]."
+        ),
+    ] = None,
     vote: Annotated[
-        str, typer.Option(help="soft: mean probability; hard: mean of thresholded masks.")
-    ] = "soft",
+        str | None,
+        typer.Option(
+            help="soft: mean probability; hard: mean of thresholded masks [predict.vote]."
+        ),
+    ] = None,
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Decision threshold in [0, 1]; default: the run's tuned one (threshold.json), "
-            "else the checkpoint's."
+            help="Decision threshold in [0, 1]; default: --set predict.threshold, else the "
+            "run's tuned one (threshold.json; its `ensemble` entry for several members), else "
+            "the config's (the checkpoint's unless -c)."
         ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Tiles per batch; default: the checkpoint's.")
+        int | None, typer.Option(help="Tiles per batch [predict.batch_size].")
     ] = None,
     precision: Annotated[
         str | None,
-        typer.Option(help="fp32, bf16 or fp16 autocast; default bf16 on a GPU with it, else fp32."),
+        typer.Option(
+            help="fp32, bf16 or fp16 autocast; default bf16 on a GPU with it, else fp32 "
+            "[predict.precision]."
+        ),
     ] = None,
     tta: Annotated[
-        str, typer.Option(help="Test-time augmentation: none, flips or d4 (8 transforms).")
-    ] = "none",
-    probabilities: Annotated[bool, typer.Option(help="Also write {id}_proba.tif.")] = False,
+        str | None,
+        typer.Option(help="Test-time augmentation: none, flips or d4 (8) [predict.tta]."),
+    ] = None,
+    probabilities: Annotated[
+        bool | None, typer.Option(help="Also write {id}_proba.tif [predict.probabilities].")
+    ] = None,
     proba_format: Annotated[
-        str, typer.Option(help="float32 (NaN nodata) or uint8 (p*254, 255 nodata).")
-    ] = "float32",
+        str | None,
+        typer.Option(
+            help="float32 (NaN nodata) or uint8 (p*254, 255 nodata) [predict.proba_format]."
+        ),
+    ] = None,
     spread: Annotated[
-        bool, typer.Option(help="Ensembles: also write {id}_spread.tif (members' std).")
-    ] = False,
+        bool | None,
+        typer.Option(help="Ensembles: also write {id}_spread.tif (members' std) [predict.spread]."),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Redo every tile (default: keep complete outputs of a rerun).")
     ] = False,
     slices: SlicesOpt = 1,
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="torch (checkpoints) or onnx (one .onnx of `kelpseg export`, on onnxruntime)."
+        ),
+    ] = "torch",
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML file or built-in name for the predict and postprocess settings; "
+            "default: the (first) model's own config.",
+        ),
+    ] = None,
+    set_: SetOpt = None,
     strict: StrictOpt = False,
 ) -> None:
     """Checkpoint(s) + tiles -> {id}_kelp.tif masks (1 kelp, 0 not, 255 nodata where the input is
     missing) keeping each input's georeference. (kelpseg.infer.predict)"""
+    from kelpseg.config import Config, with_overrides
     from kelpseg.infer.ensemble import EnsembleError, member_weights, run_checkpoints
     from kelpseg.infer.predict import (
         PRECISIONS,
@@ -558,29 +592,32 @@ def predict(
         usage(f"--threshold must be in [0, 1], got {threshold}")
     if batch_size is not None and batch_size < 1:
         usage(f"--batch-size must be at least 1, got {batch_size}")
-    if vote not in ("soft", "hard"):
+    if vote is not None and vote not in ("soft", "hard"):
         usage(f"--vote must be soft or hard, got {vote!r}")
-    if tta not in TTA_MODES:
+    if tta is not None and tta not in TTA_MODES:
         usage(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     if precision is not None and precision not in PRECISIONS:
         usage(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if proba_format not in PROBA_FORMATS:
+    if proba_format is not None and proba_format not in PROBA_FORMATS:
         usage(f"--proba-format must be float32 or uint8, got {proba_format!r}")
+    if backend not in ("torch", "onnx"):
+        usage(f"--backend must be torch or onnx, got {backend!r}")
     ckpts, dices = list(model or []), [None] * len(model or [])
     inputs = list(args)
     try:
         if run is not None:
+            if backend == "onnx":
+                usage("--run holds checkpoints: `kelpseg export` one, then --backend onnx on it")
             more, more_dice = run_checkpoints(run)
             ckpts, dices = ckpts + more, dices + more_dice
-        if not ckpts:
-            if len(inputs) < 2:
-                usage("give a checkpoint (CKPT, --model or --run) and at least one input")
-            ckpts, dices, inputs = [inputs[0]], [None], inputs[1:]
-        if not inputs:
-            usage("no inputs: give tiles or folders of tiles")
-        w = member_weights(len(ckpts), weights, dices)
     except EnsembleError as err:
         _fail(err)
+    if not ckpts:
+        if len(inputs) < 2:
+            usage("give a model (CKPT, --model or --run) and at least one input")
+        ckpts, dices, inputs = [inputs[0]], [None], inputs[1:]
+    if not inputs:
+        usage("no inputs: give tiles or folders of tiles")
     if out.exists() and not out.is_dir():
         _fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
     try:
@@ -589,33 +626,55 @@ def predict(
         _fail(err)
     if not items:
         _fail(FileNotFoundError(f"no .tif tiles in {', '.join(map(str, inputs))}"))
+    if backend == "onnx":
+        _predict_onnx(ckpts, items, out, config, set_, strict, threshold, batch_size,
+                      dict(weights=weights, vote=vote, precision=precision, tta=tta,
+                           probabilities=probabilities, proba_format=proba_format,
+                           spread=spread))  # fmt: skip
+        return
+    try:
+        models = [load_model(c) for c in ckpts]  # every member is checked before any work
+    except CheckpointError as err:
+        _fail(err)
+    base: Config = models[0].cfg if config is None else _config(config, None, announce=False)
+    try:
+        cfg = with_overrides(base, set_)
+    except ConfigError as err:
+        typer.secho(f"config error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from err
+    pc = cfg.predict
+    explicit = {o.split("=", 1)[0].strip() for o in set_ or []}
     note = ""
+    if threshold is None and "predict.threshold" in explicit:
+        threshold = pc.threshold
     if threshold is None and run is not None and (run / "threshold.json").is_file():
         tuned = json.loads((run / "threshold.json").read_text())
         ens = tuned.get("ensemble") if len(ckpts) > 1 else None
         threshold = float((ens if isinstance(ens, dict) else tuned)["threshold"])
         note = f", tuned in {run / 'threshold.json'}"
+    if threshold is None:
+        threshold = pc.threshold
+        own = {m.cfg.predict.threshold for m in models}
+        if config is None and len(own) > 1:
+            note = f", the first member's ({ckpts[0]}); members disagree"
     try:
-        models = [load_model(c) for c in ckpts]  # every member is checked before any work
-        if threshold is None and len(models) > 1:
-            own = {m.cfg.predict.threshold for m in models}
-            if len(own) > 1:
-                note = f", the first member's ({ckpts[0]}); members disagree"
+        w = member_weights(len(ckpts), weights if weights is not None else pc.weights, dices)
         res = predict_tiles(
             models,
             items,
             out,
             threshold=threshold,
-            batch_size=batch_size,
-            probabilities=probabilities,
+            batch_size=batch_size if batch_size is not None else pc.batch_size,
+            probabilities=probabilities if probabilities is not None else pc.probabilities,
             weights=w,
-            vote=vote,
-            precision=precision,
-            tta=tta,
-            proba_format=proba_format,
-            spread=spread,
+            vote=vote or pc.vote,
+            precision=precision or pc.precision,
+            tta=tta or pc.tta,
+            proba_format=proba_format or pc.proba_format,
+            spread=spread if spread is not None else pc.spread,
             overwrite=overwrite,
             slices=slices,
+            postprocess=cfg.postprocess,
         )
         res.report.finish(strict=strict)
     except (CheckpointError, NothingValidError, ValueError) as err:
@@ -625,6 +684,62 @@ def predict(
     typer.echo(
         f"{len(res.masks)} masks (threshold {res.threshold}{note}{members}{reused}) -> {out}"
     )
+
+
+def _predict_onnx(
+    paths: list[Path],
+    items: list,
+    out: Path,
+    config: str | None,
+    overrides: list[str] | None,
+    strict: bool,
+    threshold: float | None,
+    batch_size: int | None,
+    flags: dict,
+) -> None:
+    """``predict --backend onnx``: one exported model on onnxruntime; the settings it does not
+    have (ensembles, TTA, reduced precision, uint8 probabilities, spread) are refused."""
+    from kelpseg.config import Config, with_overrides
+    from kelpseg.infer.onnx_export import ExportError, OnnxModel, predict_tiles_onnx
+
+    if len(paths) > 1:
+        _fail(ValueError("--backend onnx runs one model; ensembles need --backend torch"))
+    try:
+        onnx_model = OnnxModel(paths[0])
+        base = Config.model_validate(onnx_model.config) if config is None else None
+    except (ExportError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    try:
+        cfg = with_overrides(base or _config(config, None, announce=False), overrides)
+    except ConfigError as err:
+        typer.secho(f"config error: {err}", fg="red", err=True)
+        raise typer.Exit(2) from err
+    pc = cfg.predict
+    chosen = {k: v if v is not None else getattr(pc, k) for k, v in flags.items()}
+    supported = {"vote": "soft", "tta": "none", "proba_format": "float32", "spread": False}
+    for key, ok in supported.items():
+        if chosen[key] != ok:
+            flag = "--" + key.replace("_", "-")
+            _fail(ValueError(f"{flag} {chosen[key]}: not supported by --backend onnx"))
+    if chosen["precision"] not in (None, "fp32"):
+        _fail(ValueError(f"--precision {chosen['precision']}: --backend onnx runs fp32 only"))
+    explicit = {o.split("=", 1)[0].strip() for o in overrides or []}
+    if threshold is None and (config is not None or "predict.threshold" in explicit):
+        threshold = pc.threshold
+    try:
+        res = predict_tiles_onnx(
+            paths[0],
+            items,
+            out,
+            threshold=threshold,
+            batch_size=batch_size if batch_size is not None else pc.batch_size,
+            probabilities=bool(chosen["probabilities"]),
+            postprocess=cfg.postprocess,
+        )
+        res.report.finish(strict=strict)
+    except (ExportError, NothingValidError, ValueError) as err:
+        _fail(err)
+    typer.echo(f"{len(res.masks)} masks (threshold {res.threshold}, onnx) -> {out}")
 
 
 @app.command()
@@ -682,21 +797,75 @@ def threshold(
     out: Annotated[Path, typer.Argument(help="Output folder of `kelpseg train` / `run`.")],
     device: Annotated[str, typer.Option(help="Device for the fold models.")] = "cpu",
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Ensemble weights for the `ensemble` entry: equal, dice or 0.2,0.8; default: "
+            "OUT/config.yaml's predict.weights, else equal."
+        ),
+    ] = None,
+    tta: Annotated[
+        str | None,
+        typer.Option(help="TTA of the predictions: none, flips, d4; default: OUT/config.yaml's."),
+    ] = None,
+    tiles: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Unlabelled tiles (e.g. the test folder) on which the ensemble's threshold is "
+            "calibrated; default: cached training tiles."
+        ),
+    ] = None,
 ) -> None:
     """Tune the decision threshold out of fold (each fold's model on its own validation tiles)
-    for the best global Dice; writes OUT/threshold.json and threshold.png.
-    (kelpseg.infer.threshold)"""
+    for the best global Dice, and the ensemble's where several folds exist; writes
+    OUT/threshold.json and threshold.png. (kelpseg.infer.threshold)"""
+    from kelpseg.infer.ensemble import EnsembleError
     from kelpseg.infer.predict import CheckpointError
     from kelpseg.infer.threshold import ThresholdError, tune_threshold
+    from kelpseg.infer.tta import TTA_MODES
 
+    saved = None
+    if (out / "config.yaml").is_file() and (weights is None or tta is None):
+        try:
+            saved = load_config(out / "config.yaml").predict
+        except ConfigError as err:
+            _fail(ValueError(f"{out / 'config.yaml'}: {str(err).splitlines()[0]}"))
+    weights = weights or (saved.weights if saved else "equal")
+    tta = tta or (saved.tta if saved else "none")
+    if tta not in TTA_MODES:
+        _fail(ValueError(f"--tta must be one of {', '.join(TTA_MODES)}, got {tta!r}"))
+    calibration = None
+    if tiles:
+        from kelpseg.io import find_images
+        from kelpseg.io.errors import InputError
+
+        try:
+            calibration = [path for _, path in find_images(tiles)]
+        except InputError as err:
+            _fail(err)
+        if not calibration:
+            _fail(FileNotFoundError(f"--tiles: no .tif tiles in {', '.join(map(str, tiles))}"))
     try:
-        res = tune_threshold(out, device=device, batch_size=batch_size)
-    except (ThresholdError, CheckpointError, OSError, KeyError, ValueError) as err:
+        res = tune_threshold(
+            out,
+            device=device,
+            batch_size=batch_size,
+            weights=weights,
+            tta=tta,
+            calibration=calibration,
+        )
+    except (ThresholdError, CheckpointError, EnsembleError, OSError, KeyError, ValueError) as err:
         _fail(err)
     typer.echo(
         f"threshold {res['threshold']:.2f}: Dice {res['dice']:.4f} "
         f"(0.5: {res['dice_at_0.5']:.4f}), folds {res['folds']} -> {out / 'threshold.json'}"
     )
+    if "ensemble" in res:
+        e = res["ensemble"]
+        typer.echo(
+            f"ensemble ({weights} weights): threshold {e['threshold']:.2f} (members "
+            f"{e['member_threshold']:.2f}, calibrated on {e['calibration_tiles']} tiles)"
+        )
 
 
 @app.command()
@@ -878,7 +1047,8 @@ def run(
     strict: StrictOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
-    """The whole job: stats, groups, split, train, predict test tiles, metrics.json. (kelpseg.pipeline)"""
+    """The whole job: stats, groups, split, train the folds, tune the threshold out of fold,
+    predict the test tiles with the best fold and with the ensemble, metrics.json. (kelpseg.pipeline)"""
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
 
@@ -970,7 +1140,8 @@ def demo(
     config: ConfigOpt = "demo",
     set_: SetOpt = None,
 ) -> None:
-    """Synthetic dataset -> `kelpseg run` on CPU, then the metrics table. (kelpseg.pipeline)"""
+    """Synthetic dataset -> `kelpseg run` on CPU (3 folds), then the metrics table: best fold and
+    ensemble side by side. (kelpseg.pipeline)"""
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
     from kelpseg.synth import generate

@@ -230,11 +230,48 @@ class TrainConfig(_Section):
 
 
 class PredictConfig(_Section):
-    """Prediction: decision threshold on the kelp probability, batch size, extra outputs."""
+    """Prediction (``kelpseg predict`` and the test tiles of ``kelpseg run``): threshold, batch
+    size, ensemble, precision, TTA and extra outputs; the CLI flags override these."""
 
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     batch_size: int = Field(8, ge=1)
-    probabilities: bool = Field(False, description="Also write {id}_proba.tif (float32).")
+    probabilities: bool = Field(False, description="Also write {id}_proba.tif.")
+    proba_format: Literal["float32", "uint8"] = Field(
+        "float32", description="float32 (NaN nodata) or uint8 (p*254, 255 nodata)."
+    )
+    weights: str = Field(
+        "equal", description="Ensemble weights: equal, dice (fold val Dice, min-max) or 0.2,0.8."
+    )
+    vote: Literal["soft", "hard"] = Field(
+        "soft", description="soft: mean probability; hard: mean of thresholded masks."
+    )
+    precision: Literal["fp32", "bf16", "fp16"] | None = Field(
+        None, description="Autocast dtype; null = bf16 on a GPU that has it, else fp32."
+    )
+    tta: Literal["none", "flips", "d4"] = Field(
+        "none", description="Test-time augmentation (flips: 3 passes, d4: 8), mean probability."
+    )
+    spread: bool = Field(False, description="Ensembles: also write {id}_spread.tif (std).")
+    tune_threshold: bool = Field(
+        True,
+        description="kelpseg run: tune the threshold out of fold (threshold.json) and predict "
+        "with it; false = predict.threshold.",
+    )
+
+    @field_validator("weights", mode="before")
+    @classmethod
+    def _weights(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            v = ",".join(str(x) for x in v)
+        if v in ("equal", "dice"):
+            return v
+        try:
+            vals = [float(x) for x in str(v).split(",")]
+        except ValueError as err:
+            raise ValueError(f"weights must be equal, dice or numbers, got {v!r}") from err
+        if any(x < 0 for x in vals) or sum(vals) <= 0:
+            raise ValueError(f"weights must be non-negative, not all zero, got {v!r}")
+        return str(v)
 
 
 class PostprocessConfig(_Section):
@@ -371,6 +408,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     ``train.max_epochs=3``, ``model.encoder_weights=null``, ``features.indices=[NDVI,DEMWM]``.
     """
     cfg = _validate(_read_tree(DEFAULT_CONFIG if path is None else path))
+    return with_overrides(cfg, overrides)
+
+
+def with_overrides(cfg: Config, overrides: list[str] | None) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied (see :func:`load_config`)."""
     if not overrides:
         return cfg
     tree = cfg.model_dump(mode="json")

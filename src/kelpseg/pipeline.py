@@ -258,16 +258,27 @@ def pack_training(prep: Prepared, cfg: Config, out: Path):
     return build_cache(refs, out / "cache", shape, shifts)
 
 
-def run_training(prep: Prepared, cfg: Config, out: Path) -> list:
+def run_training(
+    prep: Prepared, cfg: Config, out: Path, seconds: dict[str, float] | None = None
+) -> list:
     """Pack the training tiles and train the configured folds.
 
     Every valid training tile is packed (validation uses the ``data.exclude``d ones too);
-    training skips the rows whose ``excluded`` is True.
+    training skips the rows whose ``excluded`` is True. ``seconds`` receives each fold's
+    training time (also printed).
     """
     from kelpseg.train.fit import train_fold
 
     packed = pack_training(prep, cfg, out)
-    return [train_fold(cfg, prep.train, packed, k, out) for k in fold_list(cfg)]
+    results = []
+    for k in fold_list(cfg):
+        t0 = time.perf_counter()
+        results.append(train_fold(cfg, prep.train, packed, k, out))
+        took = round(time.perf_counter() - t0, 1)
+        print(f"[train] fold {k}: {took} s", file=sys.stderr)
+        if seconds is not None:
+            seconds[f"fold{k}"] = took
+    return results
 
 
 def ndvi_baseline(prep: Prepared, cfg: Config, out: Path, truth: Path | None) -> dict[str, float]:
@@ -313,35 +324,91 @@ def _all_test_tiles_valid(prep: Prepared) -> None:
         )
 
 
-def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> dict:
-    """The whole job; returns (and writes to ``out/metrics.json``) the metrics."""
-    from kelpseg.infer.evaluate import evaluate
+def _predict_test(
+    prep: Prepared,
+    cfg: Config,
+    checkpoints: list[Path],
+    weights: list[float],
+    threshold: float,
+    where: Path,
+) -> int:
+    """Predict every test tile with ``checkpoints`` (an ensemble when several) into ``where``
+    under the ``predict`` and ``postprocess`` config; fail naming tiles left without one."""
     from kelpseg.infer.predict import load_model, predict_tiles
+
+    p = cfg.predict
+    pred = predict_tiles(
+        [load_model(c) for c in checkpoints],
+        prep.test_items(),
+        where,
+        threshold=threshold,
+        batch_size=p.batch_size,
+        probabilities=p.probabilities,
+        weights=weights,
+        vote=p.vote,
+        precision=p.precision,
+        tta=p.tta,
+        proba_format=p.proba_format,
+        spread=p.spread,
+        postprocess=cfg.postprocess,
+    )
+    pred.report.finish()
+    missing = sorted(set(t for t, _ in prep.test_items()) - set(pred.masks))
+    if missing:
+        raise NothingValidError(_no_prediction(missing, where))
+    return len(pred.masks)
+
+
+def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> dict:
+    """The whole job; returns (and writes to ``out/metrics.json``) the metrics.
+
+    After training, the threshold is tuned out of fold (``threshold.json``; unless
+    ``predict.tune_threshold`` is off) and the test tiles are predicted twice: by the best
+    fold's model into ``out/predictions_single`` and by the ensemble of all trained folds
+    (``predict.weights``) into ``out/predictions``; one trained fold is its own ensemble and is
+    predicted once (``out/predictions``). With ``truth`` both are scored side by side.
+    """
+    from kelpseg.infer.ensemble import member_weights
+    from kelpseg.infer.evaluate import evaluate
+    from kelpseg.infer.threshold import tune_threshold
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     prep = prepare(data, cfg, out, pack=True)
     _all_test_tiles_valid(prep)
-    results = run_training(prep, cfg, out)
+    fold_seconds: dict[str, float] = {}
+    results = run_training(prep, cfg, out, fold_seconds)
     t_train = time.perf_counter()
     best = max(results, key=lambda r: r.val_dice)
-    model = load_model(best.checkpoint)
-    pred = predict_tiles(
-        model,
-        prep.test_items(),
-        out / "predictions",
-        threshold=cfg.predict.threshold,
-        batch_size=cfg.predict.batch_size,
-        probabilities=cfg.predict.probabilities,
+    p = cfg.predict
+    several = len(results) > 1
+    weights = member_weights(len(results), p.weights, [r.val_dice for r in results])
+    single_t = ensemble_t = p.threshold
+    oof = None
+    if p.tune_threshold:
+        oof = tune_threshold(
+            out,
+            batch_size=p.batch_size,
+            folds=[r.fold for r in results],
+            weights=p.weights,
+            tta=p.tta,
+            calibration=[path for _, path in prep.test_items()],
+        )
+        single_t = oof["threshold"]
+        ensemble_t = oof["ensemble"]["threshold"] if several else single_t
+    t_tune = time.perf_counter()
+    runs = {"ensemble": out / "predictions"}
+    n_test = _predict_test(
+        prep, cfg, [r.checkpoint for r in results], list(weights), ensemble_t, runs["ensemble"]
     )
-    pred.report.finish()
-    missing = sorted(set(t for t, _ in prep.test_items()) - set(pred.masks))
-    if missing:
-        raise NothingValidError(_no_prediction(missing, out / "predictions"))
+    if several:
+        runs["single"] = out / "predictions_single"
+        _predict_test(prep, cfg, [best.checkpoint], [1.0], single_t, runs["single"])
+    t_pred = time.perf_counter()
     metrics: dict = {
         "train_tiles": len(prep.train),
-        "test_tiles": len(pred.masks),
+        "test_tiles": n_test,
         "aoi_groups": int(prep.train["aoi"].nunique()),
         "folds": {
             str(r.fold): {
@@ -354,16 +421,37 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
         },
         "val_dice": float(np.mean([r.val_dice for r in results])),
         "predicted_with": str(best.checkpoint),
-        "threshold": cfg.predict.threshold,
+        "ensemble": {
+            "members": [str(r.checkpoint) for r in results],
+            "weights": [float(w) for w in weights],
+            "weights_from": p.weights,
+            "vote": p.vote,
+            "same_as_single": not several,
+        },
+        "threshold": {"single": single_t, "ensemble": ensemble_t},
+        "predictions": {k: str(v) for k, v in runs.items()},
     }
+    if oof is not None:
+        keep = ("folds", "tta", "threshold", "dice", "dice_at_0.5")
+        metrics["oof_threshold"] = {k: oof[k] for k in keep}
+        if several:
+            keep = ("threshold", "member_threshold", "members_dice", "calibration_tiles")
+            metrics["oof_threshold"]["ensemble"] = {k: oof["ensemble"][k] for k in keep}
     if truth is not None:
-        scores, per_tile, report = evaluate(out / "predictions", truth)
-        report.finish()
-        atomic_write_text(out / "test_per_tile.csv", per_tile.to_csv(index=False))
-        metrics["test"] = scores
+        metrics["test"] = {}
+        for name, where in runs.items():
+            scores, per_tile, report = evaluate(where, truth)
+            report.finish()
+            csv = "test_per_tile.csv" if name == "ensemble" else f"test_per_tile_{name}.csv"
+            atomic_write_text(out / csv, per_tile.to_csv(index=False))
+            metrics["test"][name] = scores
+        metrics["test"].setdefault("single", metrics["test"]["ensemble"])
     metrics["ndvi_rule"] = ndvi_baseline(prep, cfg, out, truth)
     metrics["seconds"] = {
         "train": round(t_train - t0, 1),
+        "folds": fold_seconds,
+        "threshold": round(t_tune - t_train, 1),
+        "predict": round(t_pred - t_tune, 1),
         "total": round(time.perf_counter() - t0, 1),
     }
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float))

@@ -27,31 +27,66 @@ def print_metrics(metrics: dict, out: Path) -> None:
         console.print(text, soft_wrap=True, markup=False, highlight=False)
 
     table = Table(title="kelpseg — kelp-class Dice, counted over all pixels")
-    for col in ("model", "val Dice", "test Dice", "test IoU", "precision", "recall"):
-        table.add_column(col, justify="right" if col != "model" else "left")
+    for col in (
+        "model",
+        "thr.",
+        "val Dice",
+        "OOF Dice",
+        "test Dice",
+        "prec.",
+        "recall",
+    ):
+        table.add_column(col, justify="right" if col != "model" else "left", no_wrap=col == "model")
     test = metrics.get("test", {})
+    if "dice" in test:  # a metrics.json of an older run: one prediction
+        test = {"single": test}
 
     def f(v: float | None) -> str:
         return "—" if v is None else f"{v:.4f}"
 
-    table.add_row(
-        "network",
-        f(metrics["val_dice"]),
-        f(test.get("dice")),
-        f(test.get("iou")),
-        f(test.get("precision")),
-        f(test.get("recall")),
-    )
+    ens = metrics.get("ensemble", {})
+    members = len(ens.get("members", [])) or 1
+    thr = metrics.get("threshold")
+    thr = thr if isinstance(thr, dict) else {"single": thr, "ensemble": thr}
+    oof = metrics.get("oof_threshold", {})
+    folds = metrics.get("folds", {}).values()
+    best_val = max((v["val_dice"] for v in folds), default=metrics.get("val_dice"))
+    rows = [("single", "net: best fold", best_val, oof.get("dice"))]
+    if members > 1:
+        name = f"net: {members} folds, {ens.get('weights_from', 'equal')}"
+        rows.append(("ensemble", name, metrics.get("val_dice"), None))
+    for key, label, val, oof_dice in rows:
+        t = test.get(key, {})
+        table.add_row(
+            label,
+            "—" if thr.get(key) is None else f"{thr[key]:.2f}",
+            f(val),
+            f(oof_dice),
+            f(t.get("dice")),
+            f(t.get("precision")),
+            f(t.get("recall")),
+        )
     rule = metrics.get("ndvi_rule", {})
-    label = f"NDVI >= {rule.get('threshold', float('nan')):.2f} on water"
-    table.add_row(label, "—", f(rule.get("test_dice")), "—", "—", "—")
+    label = f"NDVI >= {rule.get('threshold', float('nan')):.2f}"
+    table.add_row(label, "—", "—", "—", f(rule.get("test_dice")), "—", "—")
     console.print(table)
     secs = metrics.get("seconds", {})
     console.print(
         f"{metrics['train_tiles']} training tiles in {metrics['aoi_groups']} AOI groups, "
-        f"{metrics['test_tiles']} test tiles; train {secs.get('train')} s, total {secs.get('total')} s"
+        f"{metrics['test_tiles']} test tiles; train {secs.get('train')} s"
+        + (f" ({len(secs['folds'])} folds)" if len(secs.get("folds") or {}) > 1 else "")
+        + (f", threshold {secs['threshold']} s" if "threshold" in secs else "")
+        + (f", predict {secs['predict']} s" if "predict" in secs else "")
+        + f", total {secs.get('total')} s"
     )
+    if members > 1:
+        console.print(
+            "val Dice: the best fold's / the mean over folds; OOF Dice: out of fold at the "
+            "tuned threshold (none exists for an ensemble of the folds)"
+        )
     line(f"outputs:  predictions  {out / 'predictions'}")
+    if "single" in metrics.get("predictions", {}):
+        line(f"          best fold    {metrics['predictions']['single']}")
     line(f"          metrics      {out / 'metrics.json'}")
     line(f"          checkpoint   {metrics['predicted_with']}")
     line(

@@ -256,18 +256,23 @@ def predict_tiles_onnx(
     threshold: float | None = None,
     batch_size: int | None = None,
     probabilities: bool = False,
+    postprocess: Any = None,
 ) -> OnnxPredictResult:
     """:func:`kelpseg.infer.predict.predict_tiles` on an exported model (onnxruntime).
 
     Same outputs: ``{id}_kelp.tif`` uint8 (255 nodata where the input is missing) and, when
     asked, ``{id}_proba.tif`` float32 (NaN there), each keeping its input's georeference. A
     tile whose side differs from the exported one is reported (naming it) and skipped.
+    ``postprocess`` (a :class:`kelpseg.config.PostprocessConfig`) turns probabilities into
+    masks as in ``predict_tiles``.
 
     Raises:
         ValueError: a threshold outside [0, 1], a batch size below 1, duplicate tile ids.
         ExportError: the file is not a kelpseg ONNX model.
     """
+    from kelpseg.config import PostprocessConfig
     from kelpseg.data.dem_shift import correct_dem
+    from kelpseg.infer.postprocess import apply as postprocess_mask
     from kelpseg.io import BatchReport, TileError, write_raster
     from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids
     from kelpseg.io.plausibility import check_band_order
@@ -286,15 +291,19 @@ def predict_tiles_onnx(
     res = OnnxPredictResult({}, BatchReport("predict"), {}, threshold, batch_size)
     out.mkdir(parents=True, exist_ok=True)
     correct = bool(model.config.get("data", {}).get("correct_dem_shift", True))
-    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Any]] = []
+    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Any, np.ndarray]] = []
+    post = postprocess if postprocess is not None and postprocess != PostprocessConfig() else None
 
     def flush() -> None:
         if not pending:
             return
         proba = model.predict_proba(np.stack([p[2] for p in pending]))
-        for (tile_id, path, _, missing, georef), p in zip(pending, proba, strict=True):
-            mask = (p >= threshold).astype(np.uint8)
-            mask[missing] = MASK_NODATA
+        for (tile_id, path, _, missing, georef, orig), p in zip(pending, proba, strict=True):
+            if post is not None:
+                mask = postprocess_mask(p, orig, post, threshold)
+            else:
+                mask = (p >= threshold).astype(np.uint8)
+                mask[missing] = MASK_NODATA
             tags = {"threshold": str(threshold), "source": path.name}
             res.masks[tile_id] = write_raster(
                 out / f"{tile_id}{KELP_SUFFIX}",
@@ -333,10 +342,11 @@ def predict_tiles_onnx(
             res.warnings[tile_id] = warning
             print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
         missing = missing_pixels(raw)
+        orig = raw
         if correct:
             raw = correct_dem(raw)
         if len(pending) >= batch_size:
             flush()
-        pending.append((tile_id, path, raw, missing, georef))
+        pending.append((tile_id, path, raw, missing, georef, orig))
     flush()
     return res

@@ -30,8 +30,10 @@ import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from kelpseg.config import PostprocessConfig  # noqa: E402
 from kelpseg.data.dem_shift import correct_dem  # noqa: E402
 from kelpseg.infer.members import Members  # noqa: E402
+from kelpseg.infer.postprocess import apply as postprocess_mask  # noqa: E402
 from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
 from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids  # noqa: E402
 from kelpseg.io.plausibility import check_band_order  # noqa: E402
@@ -178,6 +180,7 @@ def predict_tiles(
     spread: bool = False,
     overwrite: bool = True,
     slices: int = 1,
+    postprocess: PostprocessConfig | None = None,
 ) -> PredictResult:
     """Predict ``{tile_id}_kelp.tif`` for each ``(tile_id, path)`` into ``out``.
 
@@ -198,7 +201,9 @@ def predict_tiles(
     ``slices > 1`` predicts SAHI-style: overlapping slices of 1/``slices`` of the tile's side,
     up-sampled to the tile's size before the model and blended back (kelpseg.infer.sliced).
     With ``overwrite=False`` a tile whose requested outputs exist, read back and carry the same
-    models-and-settings fingerprint is skipped (counted ok); writes are atomic.
+    models-and-settings fingerprint is skipped (counted ok); writes are atomic. ``postprocess``
+    (:mod:`kelpseg.infer.postprocess`; all off by default) turns each probability map into its
+    mask (the probabilities written are those before it).
 
     Raises:
         ValueError: a bad setting, or two inputs with the same tile id (they would write one
@@ -241,6 +246,9 @@ def predict_tiles(
         "proba_format": proba_format,
         **({"slices": slices} if slices > 1 else {}),
     }
+    post = postprocess if postprocess is not None and postprocess != PostprocessConfig() else None
+    if post is not None:
+        settings["postprocess"] = post.model_dump()
     fingerprint = _fingerprint(models, settings)
     spread = spread and len(models) > 1
 
@@ -272,9 +280,14 @@ def predict_tiles(
         sd_in: np.ndarray | None,
         missing: np.ndarray,
         georef: Georef,
+        raw: np.ndarray,
     ) -> Path:
-        mask = (p >= (0.5 if vote == "hard" else threshold)).astype(np.uint8)
-        mask[missing] = MASK_NODATA
+        cut = 0.5 if vote == "hard" else threshold
+        if post is not None:
+            mask = postprocess_mask(p, raw, post, cut)
+        else:
+            mask = (p >= cut).astype(np.uint8)
+            mask[missing] = MASK_NODATA
         tags = {"threshold": str(threshold), "source": path.name, "fingerprint": fingerprint}
         if len(models) > 1:
             tags["members"] = str(len(models))
@@ -327,9 +340,9 @@ def predict_tiles(
         mean, std = engine(np.stack([p[2] for p in pending]))
         mean_np = mean.cpu().numpy()
         std_np = std.cpu().numpy() if std is not None else None
-        for i, (tile_id, path, _, missing, georef) in enumerate(pending):
+        for i, (tile_id, path, raw, missing, georef) in enumerate(pending):
             sd = std_np[i] if std_np is not None else None
-            args = (tile_id, path, mean_np[i], sd, missing, georef)
+            args = (tile_id, path, mean_np[i], sd, missing, georef, raw)
             writes.append((tile_id, writer.submit(write_one, *args)))
         pending.clear()
         while len(writes) > 2 * batch_size:

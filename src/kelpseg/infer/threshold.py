@@ -5,6 +5,18 @@ Each trained fold's model predicts that fold's validation tiles (from the packed
 non-kelp probabilities are counted per candidate threshold (one ``searchsorted`` per batch, no
 per-pixel Python), and the threshold with the best global kelp Dice over all valid pixels of
 all folds is written to ``OUT/threshold.json`` with its curve (``OUT/threshold.png``).
+
+The ensemble's threshold (``ensemble`` entry, when several folds are tuned) cannot be tuned on
+out-of-fold *ensemble* predictions: in K-fold every validation tile of one fold was a training
+tile of every other fold's model, so the averaged probability of a training tile is optimistic.
+Two honest steps instead. (1) The weighted members' threshold: each fold's out-of-fold counts
+per pixel, weighted by the member's ensemble weight, tuned like the single one (the exact
+expected Dice of an ensemble that hands each pixel to member k with probability w_k). (2)
+Averaging pulls probabilities towards their mean (three confident members that disagree give
+1/3 or 2/3), so that threshold is moved to where the weighted mean marks the same share of
+unlabelled pixels as kelp as the weighted members do (:func:`rate_match`; no label read):
+on the test tiles in ``kelpseg run`` (``--tiles`` of ``kelpseg threshold``), else on cached
+training tiles (biased towards (1): the members saw them).
 """
 
 from __future__ import annotations
@@ -42,11 +54,14 @@ class OofBatch:
     valid: np.ndarray  # (B, H, W) bool: pixels present in the input
 
 
-def fold_checkpoints(out: Path) -> dict[int, Path]:
-    """``{fold: checkpoint}`` of every finished fold (``OUT/fold*/result.json``)."""
+def fold_checkpoints(out: Path, folds: list[int] | None = None) -> dict[int, Path]:
+    """``{fold: checkpoint}`` of every finished fold (``OUT/fold*/result.json``), or of
+    ``folds`` only."""
     found: dict[int, Path] = {}
     for res in sorted(out.glob("fold*/result.json")):
         info = json.loads(res.read_text())
+        if folds is not None and int(info["fold"]) not in folds:
+            continue
         ckpt = Path(info["checkpoint"])
         if not ckpt.is_file():  # the run folder was moved: the file sits next to result.json
             ckpt = res.parent / ckpt.name
@@ -72,13 +87,32 @@ def _load_fold_model(ckpt: Path, device: str):
     return load_xgb(ckpt) if is_xgb_model(ckpt) else load_model(ckpt, device=device)
 
 
-def iter_oof(out: Path, *, device: str = "cpu", batch_size: int = 8) -> Iterator[OofBatch]:
-    """Predict every finished fold's validation tiles with that fold's own model."""
+def fold_dices(out: Path) -> dict[int, float]:
+    """``{fold: val Dice}`` of every finished fold (``OUT/fold*/result.json``)."""
+    found: dict[int, float] = {}
+    for res in sorted(out.glob("fold*/result.json")):
+        info = json.loads(res.read_text())
+        found[int(info["fold"])] = float(info["val_dice"])
+    return found
+
+
+def iter_oof(
+    out: Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    folds: list[int] | None = None,
+    tta: str = "none",
+    limit: int | None = None,
+) -> Iterator[OofBatch]:
+    """Predict every finished fold's (or ``folds``') validation tiles with that fold's own
+    model (fp32, under ``tta``); ``limit``: the first tiles of each fold only (smoke runs)."""
     import torch
 
     from kelpseg.data.cache import open_cache
+    from kelpseg.infer.tta import tta_proba
 
-    checkpoints = fold_checkpoints(out)
+    checkpoints = fold_checkpoints(out, folds)
     tables = _tables_folder(out)
     for name in ("splits.csv", "cache/tile_ids.txt"):
         if not (tables / name).is_file():
@@ -90,6 +124,7 @@ def iter_oof(out: Path, *, device: str = "cpu", batch_size: int = 8) -> Iterator
         ids = [t for t in splits.loc[splits["fold"] == fold, "tile_id"] if t in cached]
         if not ids:
             raise ThresholdError(f"{out / 'splits.csv'}: fold {fold} has no cached tiles")
+        ids = ids[:limit] if limit is not None else ids
         model = _load_fold_model(ckpt, device)
         rows = packed.row(ids)
         for start in range(0, len(ids), batch_size):
@@ -97,7 +132,7 @@ def iter_oof(out: Path, *, device: str = "cpu", batch_size: int = 8) -> Iterator
             raw = np.asarray(packed.images[sel])
             with torch.inference_mode():
                 x = torch.from_numpy(raw).to(model.device)
-                proba = model.predict_proba(x).float().cpu().numpy()
+                proba = tta_proba(model.predict_proba, x, tta).float().cpu().numpy()
             valid = ~np.stack([missing_pixels(r) for r in raw])
             yield OofBatch(
                 fold,
@@ -196,14 +231,152 @@ def plot_curve(result: dict, path: Path) -> Path:
     return path
 
 
-def tune_threshold(out: Path, *, device: str = "cpu", batch_size: int = 8) -> dict:
-    """Tune the decision threshold out of fold; write ``threshold.json`` and ``threshold.png``."""
+def mixture(per_fold: dict[int, Counts], weights: dict[int, float]) -> Counts:
+    """Expected counts of the weighted members: each fold's counts per pixel times its weight,
+    scaled to the pooled pixel count (float counts)."""
+    first = next(iter(per_fold.values()))
+    mix = Counts(first.thresholds)
+    total = sum(int(c.kelp.sum() + c.water.sum()) for c in per_fold.values())
+    kelp = np.zeros(len(mix.kelp))
+    water = np.zeros(len(mix.water))
+    for fold, c in per_fold.items():
+        n = max(int(c.kelp.sum() + c.water.sum()), 1)
+        kelp += weights[fold] * c.kelp / n * total
+        water += weights[fold] * c.water / n * total
+    mix.kelp, mix.water = kelp, water
+    return mix
+
+
+CALIBRATION_TILES = 64
+"""At most this many unlabelled tiles (evenly spread) calibrate the ensemble's threshold."""
+
+
+def rate_match(
+    checkpoints: list[Path],
+    weights: np.ndarray,
+    raws: Iterator[np.ndarray],
+    member_threshold: float,
+    *,
+    device: str = "cpu",
+    tta: str = "none",
+    correct: bool = False,
+) -> dict:
+    """The threshold at which the weighted mean of the members marks as much of the unlabelled
+    ``raws`` as kelp as the weighted members do at ``member_threshold`` (no label is read).
+    ``correct``: undo DEM shifts first for members trained with ``data.correct_dem_shift``."""
+    import torch
+
+    from kelpseg.data.dem_shift import correct_dem
+    from kelpseg.infer.predict import load_model
+    from kelpseg.infer.tta import tta_proba
+
+    models = [load_model(c, device=device) for c in checkpoints]
+    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)[:, None, None]
+    t = np.float32(member_threshold)
+    above = np.zeros(len(CANDIDATES) + 1, np.int64)
+    members = pixels = tiles = 0.0
+    for raw in raws:
+        valid = ~missing_pixels(raw)
+        x = torch.from_numpy(raw[None])
+        fixed = torch.from_numpy(correct_dem(raw)[None]) if correct else x
+        outs = []
+        with torch.inference_mode():
+            for m in models:
+                xm = fixed if m.cfg.data.correct_dem_shift else x
+                outs.append(tta_proba(m.predict_proba, xm.to(m.device), tta)[0].float().cpu())
+        probs = torch.stack(outs)
+        mean = (w * probs).sum(0).numpy()[valid]
+        members += float((w[:, 0, 0].numpy() * (probs.numpy()[:, valid] >= t).sum(1)).sum())
+        above += np.bincount(
+            np.searchsorted(CANDIDATES.astype(np.float32), mean, side="right"),
+            minlength=len(above),
+        )
+        pixels += int(valid.sum())
+        tiles += 1
+    if not pixels:
+        raise ThresholdError("no valid pixel in the calibration tiles")
+    rate = np.cumsum(above[::-1])[::-1][1:] / pixels  # share with mean >= each candidate
+    target = members / pixels
+    j = int(np.argmin(np.abs(rate - target)))
+    return {
+        "threshold": float(CANDIDATES[j]),
+        "kelp_share_members": target,
+        "kelp_share_ensemble": float(rate[j]),
+        "calibration_tiles": int(tiles),
+    }
+
+
+def _spread(items: list, n: int) -> list:
+    """At most ``n`` of ``items``, evenly spread."""
+    if len(items) <= n:
+        return list(items)
+    return [items[i] for i in np.linspace(0, len(items) - 1, n).round().astype(int)]
+
+
+def tune_threshold(
+    out: Path,
+    *,
+    device: str = "cpu",
+    batch_size: int = 8,
+    folds: list[int] | None = None,
+    weights: str = "equal",
+    tta: str = "none",
+    calibration: list[Path] | None = None,
+) -> dict:
+    """Tune the decision threshold out of fold; write ``threshold.json`` and ``threshold.png``.
+
+    With several folds the ``ensemble`` entry holds the threshold of their ensemble under
+    ``weights`` (``equal``, ``dice`` or numbers in fold order): the weighted members' threshold
+    (tuned out of fold on their expected counts), carried over to the weighted mean by
+    :func:`rate_match` on unlabelled ``calibration`` tiles (e.g. the test tiles), or without
+    them on the cached training tiles (see the module notes).
+    """
+    from kelpseg.data.cache import open_cache
+    from kelpseg.infer.ensemble import member_weights
+    from kelpseg.io.tiles import read_tile
+
     counts = Counts()
-    folds: set[int] = set()
-    for b in iter_oof(out, device=device, batch_size=batch_size):
+    per_fold: dict[int, Counts] = {}
+    ids: list[str] = []
+    for b in iter_oof(out, device=device, batch_size=batch_size, folds=folds, tta=tta):
         counts.add(b.proba, b.truth, b.valid)
-        folds.add(b.fold)
-    result = {"folds": sorted(folds), **choose(counts)}
+        per_fold.setdefault(b.fold, Counts()).add(b.proba, b.truth, b.valid)
+        ids += b.tile_ids
+    result = {"folds": sorted(per_fold), "tta": tta, **choose(counts)}
+    if len(per_fold) > 1:
+        order = sorted(per_fold)
+        dices = fold_dices(out)
+        w = member_weights(len(order), weights, [dices.get(f) for f in order])
+        mix = choose(mixture(per_fold, dict(zip(order, map(float, w), strict=True))))
+        ckpts = fold_checkpoints(out, order)
+        members = [ckpts[f] for f in order]
+        if calibration:
+            paths = _spread(sorted(calibration), CALIBRATION_TILES)
+            correct = True
+            raws = (read_tile(p) for p in paths)
+            source = "unlabelled tiles given (the test tiles in `kelpseg run`)"
+        else:
+            packed = open_cache(out / "cache")
+            rows = packed.row(_spread(ids, CALIBRATION_TILES))
+            raws = (np.asarray(packed.images[r]) for r in rows)
+            correct = False  # the cache holds corrected DEMs
+            source = "cached training tiles (no --tiles given; the members saw most of them)"
+        matched = rate_match(
+            members, w, raws, mix["threshold"], device=device, tta=tta, correct=correct
+        )
+        result["ensemble"] = {
+            "threshold": matched["threshold"],
+            "weights": weights,
+            "member_weights": {str(f): float(v) for f, v in zip(order, w, strict=True)},
+            "member_threshold": mix["threshold"],
+            "members_dice": mix["dice"],
+            **{k: v for k, v in matched.items() if k != "threshold"},
+            "calibration": source,
+            "method": "the weighted members' out-of-fold threshold, moved to where the "
+            "weighted mean marks the same share of unlabelled pixels as kelp (no out-of-fold "
+            "ensemble prediction exists in K-fold)",
+            "curve": {"threshold": mix["curve"]["threshold"], "dice": mix["curve"]["dice"]},
+        }
     atomic_write_text(out / THRESHOLD_FILE, json.dumps(result, indent=2))
     plot_curve(result, out / CURVE_FILE)
     return result
