@@ -267,10 +267,9 @@ def rate_match(
     import torch
 
     from kelpseg.data.dem_shift import correct_dem
-    from kelpseg.infer.predict import load_model
     from kelpseg.infer.tta import tta_proba
 
-    models = [load_model(c, device=device) for c in checkpoints]
+    models = [_load_fold_model(c, device) for c in checkpoints]
     w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)[:, None, None]
     t = np.float32(member_threshold)
     above = np.zeros(len(CANDIDATES) + 1, np.int64)
@@ -356,7 +355,7 @@ def tune_threshold(
             raws = (read_tile(p) for p in paths)
             source = "unlabelled tiles given (the test tiles in `kelpseg run`)"
         else:
-            packed = open_cache(out / "cache")
+            packed = open_cache(_tables_folder(out) / "cache")
             rows = packed.row(_spread(ids, CALIBRATION_TILES))
             raws = (np.asarray(packed.images[r]) for r in rows)
             correct = False  # the cache holds corrected DEMs
