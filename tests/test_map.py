@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from kelpseg.cli import app
 from kelpseg.config import load_config
 from kelpseg.eda.quicklook import QuickLook
-from kelpseg.infer.mapping import coverage_codes
+from kelpseg.geo.coverage import coverage_codes
 from kelpseg.io import write_raster
 from kelpseg.io.cog import is_cog
 from kelpseg.io.raster import Georef

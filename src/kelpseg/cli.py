@@ -580,6 +580,7 @@ def predict(
         load_model,
         predict_tiles,
     )
+    from kelpseg.infer.threshold import read_threshold
     from kelpseg.infer.tta import TTA_MODES
     from kelpseg.io import find_images
     from kelpseg.io.errors import InputError
@@ -648,9 +649,7 @@ def predict(
     if threshold is None and "predict.threshold" in explicit:
         threshold = pc.threshold
     if threshold is None and run is not None and (run / "threshold.json").is_file():
-        tuned = json.loads((run / "threshold.json").read_text())
-        ens = tuned.get("ensemble") if len(ckpts) > 1 else None
-        threshold = float((ens if isinstance(ens, dict) else tuned)["threshold"])
+        threshold = read_threshold(run, len(ckpts))
         note = f", tuned in {run / 'threshold.json'}"
     if threshold is None:
         threshold = pc.threshold
@@ -957,9 +956,8 @@ def map_cmd(
     COGs, kelp-bed polygons, quick-look PNG, scene.json; MAPS/areas.csv. Sliced, Hann-blended
     inference in bounded memory; scenes already done are kept. (kelpseg.infer.mapping)"""
     from kelpseg.infer.ensemble import EnsembleError, member_weights, run_checkpoints
-    from kelpseg.infer.mapping import MapSettings, map_inputs
-    from kelpseg.infer.members import Members
-    from kelpseg.infer.predict import PRECISIONS, CheckpointError, default_precision, load_model
+    from kelpseg.infer.mapping import build_engine, map_inputs
+    from kelpseg.infer.predict import PRECISIONS, CheckpointError, load_model
     from kelpseg.infer.threshold import read_threshold
     from kelpseg.infer.tta import TTA_MODES
 
@@ -990,42 +988,30 @@ def map_cmd(
     if out.exists() and not out.is_dir():
         _fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
     if threshold is None and run is not None:
-        tuned_file = run / "threshold.json"
-        tuned = json.loads(tuned_file.read_text()) if tuned_file.is_file() else {}
-        ens = tuned.get("ensemble") if len(ckpts) > 1 else None
-        threshold = float(ens["threshold"]) if isinstance(ens, dict) else read_threshold(run)
+        threshold = read_threshold(run, len(ckpts))
     try:
         models = [load_model(c) for c in ckpts]  # every member is checked before any work
     except CheckpointError as err:
         _fail(err)
-    first = models[0].cfg
-    threshold = first.predict.threshold if threshold is None else threshold
-    win = window or first.data.tile_size or 350
+    win = window or models[0].cfg.data.tile_size or 350
     if overlap is not None and overlap >= win:
         usage(f"--overlap {overlap} must be smaller than the window ({win} px)")
-    prec = precision or default_precision(next(models[0].parameters()).device)
-    engine = Members(
+    engine, settings = build_engine(
         models,
         w,
-        precision=PRECISIONS[prec],
+        threshold=threshold,
+        vote=vote,
         tta=tta,
-        vote=vote,
-        threshold=threshold,
-        spread=True,
+        precision=precision,
         slices=slices,
-    )
-    settings = MapSettings(
-        threshold=threshold,
-        vote=vote,
         window=win,
         overlap=overlap,
-        batch_size=batch_size or first.predict.batch_size,
+        batch_size=batch_size,
         probabilities=probabilities,
         geojson=geojson,
         min_area_ha=min_area_ha,
-        slices=slices,
-        engine={"weights": [float(v) for v in w], "precision": prec, "tta": tta},
     )
+    threshold = settings.threshold
     try:
         res = map_inputs(engine, inputs, out, settings, models=ckpts, dem=dem, overwrite=overwrite)
         res.report.finish(strict=strict)
@@ -1141,9 +1127,11 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """Synthetic dataset -> `kelpseg run` on CPU (3 folds), then the metrics table: best fold and
-    ensemble side by side. (kelpseg.pipeline)"""
+    ensemble side by side; then a synthetic Landsat scene mapped by the ensemble, its kelp area
+    against the truth. (kelpseg.pipeline, kelpseg.scene_demo)"""
     from kelpseg.pipeline import run_pipeline
     from kelpseg.report import print_metrics
+    from kelpseg.scene_demo import map_demo_scene, scene_lines
     from kelpseg.synth import generate
 
     cfg = _config(config, set_)
@@ -1151,7 +1139,11 @@ def demo(
     res = generate(data, aois=aois, seed=0, overwrite=True)
     typer.echo(f"synthetic data: {res.n_train} train + {res.n_test} test tiles in {data}")
     metrics = run_pipeline(data, cfg, out / "run", res.test_masks)
+    typer.echo("mapping a synthetic Landsat scene with the ensemble (kelpseg map)...", err=True)
+    scene = map_demo_scene(out / "run", out)
     print_metrics(metrics, out / "run")
+    for line in scene_lines(scene):
+        typer.echo(line)
 
 
 @app.command()

@@ -34,11 +34,10 @@ from shapely.geometry import Polygon
 from tqdm.auto import tqdm
 
 from kelpseg.geo.area import class_areas_ha, geometry_areas_ha
+from kelpseg.geo.coverage import coverage_codes, water_ha
 from kelpseg.io.errors import BatchReport, TileError
 from kelpseg.io.raster import georef_of, open_raster
-from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX, missing_pixels
 
-LAND, CLEAR_WATER, CLOUDY_WATER = 0, 1, 2
 """Values of a ``{scene_id}_coverage.tif`` (255: no data)."""
 OUTSIDE = 254
 """Internal value of pixels outside the AOI."""
@@ -75,22 +74,6 @@ def read_aoi(path: Path) -> Any:
     if gdf.crs is None:
         raise ValueError(f"{path}: the AOI has no CRS")
     return gpd.GeoSeries([gdf.geometry.union_all()], crs=gdf.crs)
-
-
-def coverage_of_tile(raw: np.ndarray) -> np.ndarray:
-    """Coverage codes of a raw 7-band tile: 0 land, 1 clear water, 2 water under QA = 1,
-    255 no data. Water is DEM <= 0, or DEM missing where the bands are valid (open sea)."""
-    missing = missing_pixels(raw)
-    dem = raw[DEM_INDEX]
-    water = ((dem <= 0) & (dem != NODATA)) | (dem == NODATA)
-    out = np.where(water, np.where(raw[QA_INDEX] == 1, CLOUDY_WATER, CLEAR_WATER), LAND)
-    out[missing] = 255
-    return out.astype(np.uint8)
-
-
-def _water(cov_areas: dict[int, float]) -> tuple[float, float]:
-    clear = cov_areas.get(CLEAR_WATER, 0.0)
-    return clear + cov_areas.get(CLOUDY_WATER, 0.0), clear
 
 
 def _densified(aoi: Any, parts: int = 256) -> Any:
@@ -140,7 +123,7 @@ def aoi_areas(
             kelp_ha += class_areas_ha(kelp, geo.crs, transform).get(1, 0.0)
             for value, area in class_areas_ha(cov, geo.crs, transform).items():
                 cov_areas[value] = cov_areas.get(value, 0.0) + area
-    water, clear = _water(cov_areas)
+    water, clear = water_ha(cov_areas)
     beyond = float(geometry_areas_ha([geom.difference(footprint)], geo.crs)[0][0])
     aoi_ha = sum(a for v, a in cov_areas.items() if v != OUTSIDE) + beyond
     valid = aoi_ha - beyond - cov_areas.get(255, 0.0)
@@ -298,7 +281,7 @@ def _tile_row(tile_id: str, mask_path: Path, image: Path | None, tiles: Path | N
         raw = read_tile(image, size=None)
         if raw.shape[1:] != mask.shape:
             raise TileError(image, f"shape {raw.shape[1:]} differs from the mask's {mask.shape}")
-        water, clear = _water(class_areas_ha(coverage_of_tile(raw), geo.crs, geo.transform))
+        water, clear = water_ha(class_areas_ha(coverage_codes(raw), geo.crs, geo.transform))
         row.update(water_ha=water, water_clear_ha=clear, observed_fraction=_fraction(clear, water))
     return row
 

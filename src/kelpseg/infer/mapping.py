@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kelpseg.geo.coverage import CLEAR_WATER, CLOUDY_WATER, coverage_codes
 from kelpseg.io.errors import BatchReport, TileError
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
-from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA, QA_INDEX
+from kelpseg.io.tiles import MASK_NODATA
 
-COVERAGE_LAND, COVERAGE_CLEAR, COVERAGE_CLOUD = 0, 1, 2
 AREAS_COLUMNS = [
     "scene_id",
     "sensor",
@@ -72,19 +72,6 @@ class MapResult:
     scenes: dict[str, Path] = field(default_factory=dict)
     reused: int = 0
     report: BatchReport = field(default_factory=lambda: BatchReport("map"))
-
-
-def coverage_codes(raw: np.ndarray) -> np.ndarray:
-    """Per-pixel coverage of raw ``(7, h, w)`` rows: 0 land, 1 clear water, 2 water not observed
-    (QA = 1), 255 nodata (a reflectance band missing). Water is DEM <= 0, or DEM missing while
-    the reflectance is valid (open sea beyond the DEM), as in kelpseg.data.groups."""
-    missing = (raw[:5] == NODATA).any(0)
-    dem = raw[DEM_INDEX]
-    land = (dem > 0) & (dem != NODATA)
-    out = np.where(land, COVERAGE_LAND, COVERAGE_CLEAR).astype(np.uint8)
-    out[~land & (raw[QA_INDEX] == 1)] = COVERAGE_CLOUD
-    out[missing] = MASK_NODATA
-    return out
 
 
 def scene_of(path: Path) -> tuple[str, str | None, str | None]:
@@ -245,8 +232,8 @@ def _map_raster(
                 crs, transform = georef.crs, georef.transform
                 totals["kelp"] += class_areas_ha(kelp, crs, transform, band.row).get(1, 0.0)
                 cov_ha = class_areas_ha(cov, crs, transform, band.row)
-                totals["clear"] += cov_ha.get(COVERAGE_CLEAR, 0.0)
-                totals["cloud"] += cov_ha.get(COVERAGE_CLOUD, 0.0)
+                totals["clear"] += cov_ha.get(CLEAR_WATER, 0.0)
+                totals["cloud"] += cov_ha.get(CLOUDY_WATER, 0.0)
             for w in writers.values():
                 w.finish()
         except BaseException:
@@ -293,6 +280,77 @@ def _model_hash(models: list) -> str:
         for t in m.state_dict().values():
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def build_engine(
+    models: list,
+    weights: Any,
+    *,
+    threshold: float | None = None,
+    vote: str = "soft",
+    tta: str = "none",
+    precision: str | None = None,
+    slices: int = 1,
+    window: int | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    probabilities: bool = True,
+    geojson: bool = False,
+    min_area_ha: float = 0.0,
+):
+    """The ensemble engine and map settings for loaded ``models``; unset values come from the
+    first member's config (threshold, batch size, tile size as the window)."""
+    from kelpseg.infer.members import Members
+    from kelpseg.infer.predict import PRECISIONS, default_precision
+
+    first = models[0].cfg
+    threshold = first.predict.threshold if threshold is None else float(threshold)
+    prec = precision or default_precision(next(models[0].parameters()).device)
+    engine = Members(
+        models,
+        weights,
+        precision=PRECISIONS[prec],
+        tta=tta,
+        vote=vote,
+        threshold=threshold,
+        spread=True,
+        slices=slices,
+    )
+    settings = MapSettings(
+        threshold=threshold,
+        vote=vote,
+        window=window or first.data.tile_size or 350,
+        overlap=overlap,
+        batch_size=batch_size or first.predict.batch_size,
+        probabilities=probabilities,
+        geojson=geojson,
+        min_area_ha=min_area_ha,
+        slices=slices,
+        engine={"weights": [float(v) for v in weights], "precision": prec, "tta": tta},
+    )
+    return engine, settings
+
+
+def map_run(
+    run: Path,
+    inputs: list[Path],
+    maps: Path,
+    *,
+    dem: Path | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> MapResult:
+    """Map ``inputs`` with every trained fold of ``run`` (equal weights, the run's tuned
+    threshold); ``options`` go to :func:`build_engine`."""
+    from kelpseg.infer.ensemble import member_weights, run_checkpoints
+    from kelpseg.infer.predict import load_model
+    from kelpseg.infer.threshold import read_threshold
+
+    ckpts, _ = run_checkpoints(run)
+    models = [load_model(c) for c in ckpts]
+    options.setdefault("threshold", read_threshold(run, len(ckpts)))
+    engine, settings = build_engine(models, member_weights(len(ckpts)), **options)
+    return map_inputs(engine, inputs, maps, settings, models=ckpts, dem=dem, overwrite=overwrite)
 
 
 def map_inputs(

@@ -381,7 +381,12 @@ def tune_threshold(
     return result
 
 
-def read_threshold(out: Path) -> float | None:
-    """The tuned threshold of a run folder, or None when it was never tuned."""
+def read_threshold(out: Path, members: int = 1) -> float | None:
+    """The tuned threshold of a run folder (its ``ensemble`` entry when ``members`` > 1 and
+    there is one), or None when it was never tuned."""
     path = out / THRESHOLD_FILE
-    return float(json.loads(path.read_text())["threshold"]) if path.is_file() else None
+    if not path.is_file():
+        return None
+    tuned = json.loads(path.read_text())
+    ens = tuned.get("ensemble") if members > 1 else None
+    return float((ens if isinstance(ens, dict) else tuned)["threshold"])

@@ -1,0 +1,32 @@
+"""What each pixel of a 7-band input tells about the water: the ``coverage`` codes.
+
+0 land, 1 clear water, 2 water not observed (QA = 1: cloud, shadow...), 255 no data (a
+reflectance band missing). Water is DEM <= 0, or DEM missing while the reflectance is valid
+(open sea beyond the DEM), the rule of :mod:`kelpseg.data.groups`. ``kelpseg map`` writes these
+codes as ``{id}_coverage.tif``; ``kelpseg timeseries`` reads them to say how much of the water
+a date observed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA, QA_INDEX, missing_pixels
+
+LAND, CLEAR_WATER, CLOUDY_WATER = 0, 1, 2
+
+
+def coverage_codes(raw: np.ndarray) -> np.ndarray:
+    """``(h, w)`` uint8 coverage codes of raw ``(7, h, w)`` pixels (see the module notes)."""
+    dem = raw[DEM_INDEX]
+    land = (dem > 0) & (dem != NODATA)
+    out = np.where(land, LAND, CLEAR_WATER).astype(np.uint8)
+    out[~land & (raw[QA_INDEX] == 1)] = CLOUDY_WATER
+    out[missing_pixels(raw)] = MASK_NODATA
+    return out
+
+
+def water_ha(areas: dict[int, float]) -> tuple[float, float]:
+    """``(water, clear water)`` hectares from the areas of each coverage code."""
+    clear = areas.get(CLEAR_WATER, 0.0)
+    return clear + areas.get(CLOUDY_WATER, 0.0), clear
