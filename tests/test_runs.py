@@ -21,7 +21,8 @@ def test_session_run_is_listed(run_out):
     row = row.iloc[0]
     assert row["dice_f0"] == pytest.approx(metrics["folds"]["0"]["val_dice"])
     assert row["mean_dice"] == pytest.approx(metrics["val_dice"])
-    assert row["test_dice"] == pytest.approx(metrics["test"]["dice"])
+    assert row["test_dice"] == pytest.approx(metrics["test"]["ensemble"]["dice"])
+    assert row["test_dice_single"] == pytest.approx(metrics["test"]["single"]["dice"])
     assert (row["arch"], row["encoder"], row["epochs"], row["indices"]) == (
         "Unet", "resnet18", 5, 2,
     )  # fmt: skip

@@ -38,9 +38,10 @@ def test_series_map_and_timeseries(trained, tmp_path):
     assert sorted(areas["scene_id"]) == sorted(s.meta.scene_id for s in scenes)
     for s in scenes:
         folder = maps / s.meta.scene_id
-        with rasterio.open(folder / f"{s.meta.scene_id}_kelp.tif") as src, rasterio.open(
-            s.truth
-        ) as truth:
+        with (
+            rasterio.open(folder / f"{s.meta.scene_id}_kelp.tif") as src,
+            rasterio.open(s.truth) as truth,
+        ):
             assert src.crs == truth.crs and src.transform == truth.transform
             assert src.nodata == 255 and src.overviews(1)
             assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"

@@ -121,16 +121,21 @@ def _count(value: object) -> float:
 
 
 def _folder_figures(folder: Path) -> dict[str, float]:
-    """Tuned threshold and test Dice of a run folder that still exists."""
-    out = {"threshold": float("nan"), "test_dice": float("nan")}
+    """Tuned threshold and test Dice of a run folder that still exists: `kelpseg run`'s
+    ensemble (and its best fold as ``test_dice_single``), or a baseline's single score."""
+    out = {"threshold": float("nan"), "test_dice": float("nan"), "test_dice_single": float("nan")}
     try:
         t = folder / "threshold.json"
         if t.is_file():
             out["threshold"] = float(json.loads(t.read_text())["threshold"])
         m = folder / "metrics.json"
         if m.is_file():
-            dice = (json.loads(m.read_text()).get("test") or {}).get("dice")
-            out["test_dice"] = float(dice) if dice is not None else float("nan")
+            test = json.loads(m.read_text()).get("test") or {}
+            if "ensemble" in test:  # kelpseg run: the ensemble (submitted) and the best fold
+                out["test_dice"] = float(test["ensemble"]["dice"])
+                out["test_dice_single"] = float(test.get("single", {}).get("dice", "nan"))
+            elif test.get("dice") is not None:
+                out["test_dice"] = float(test["dice"])
     except (OSError, ValueError, KeyError, TypeError):
         pass  # a damaged file: the figure stays unknown
     return out
