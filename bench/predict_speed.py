@@ -1,6 +1,7 @@
 """Prediction throughput of ``kelpseg.infer.predict.predict_tiles`` (end to end, files to files).
 
     python bench/predict_speed.py --tiles 16                 # CPU: fp32 and bf16, 1 and 3 models
+    python bench/predict_speed.py --tiles 256 --host-only    # the pipeline without the network
 
 Synthetic 350 x 350 int16 tiles are written once into ``--work`` (not timed); models follow
 the ``demo`` recipe (Unet + tu-efficientnet_b0) with random weights (speed does not depend on
@@ -33,7 +34,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--config", default="demo")
     ap.add_argument("--work", type=Path, default=Path("/tmp/kelpseg_predict_speed"))
+    ap.add_argument(
+        "--host-only",
+        action="store_true",
+        help="Replace the network by a constant: the ceiling of reading, checks and writing.",
+    )
     args = ap.parse_args()
+    if args.host_only:
+        from kelpseg.infer import members
+
+        def constant(self, raw):
+            b, _, h, w = raw.shape
+            return torch.full((b, h, w), 0.25, device=self.device), None
+
+        members.Members.__call__ = constant
 
     rng = np.random.default_rng(0)
     tiles = args.work / "tiles"
@@ -65,7 +79,7 @@ def main() -> None:
     print(
         f"# {args.tiles} tiles of 350 px, {args.config} recipe, batch {args.batch_size}, "
         f"{device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads{', network replaced by a constant' if args.host_only else ''}"
     )
 
 

@@ -20,6 +20,9 @@ MARGIN = 0.01
 """Reflectance difference a relation must show to count as a vote (about 360 DN)."""
 MIN_PIXELS = 50
 """Fewest water (or land) pixels a vote is taken on."""
+SUBSAMPLE_FROM = 128
+"""Tiles with both sides at least this long vote on every second pixel of every second row
+(medians of ~30,000 pixels on a 350 px tile: the same answer at a quarter of the cost)."""
 
 SWIR1, NIR, RED, GREEN, BLUE = range(len(SPECTRAL))
 
@@ -72,7 +75,8 @@ def check_band_order(raw: np.ndarray) -> str | None:
             f"QA band holds values other than 0/1/-32768 ({odd[:5].tolist()}; a bit-packed "
             "QA_PIXEL?): expected 0 clear, 1 cloud"
         )
-    votes = band_order_votes(raw)
+    step = 2 if min(raw.shape[1:]) >= SUBSAMPLE_FROM else 1
+    votes = band_order_votes(raw[:, ::step, ::step])
     against = sum(v < -MARGIN for v, _ in votes)
     weight = sum(w for _, w in votes)
     if against and sum(v * w for v, w in votes) < -MARGIN * weight:
