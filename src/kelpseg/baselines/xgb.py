@@ -335,6 +335,7 @@ def predict_items(
     ``(tile_id, path)``; with ``probabilities`` also ``{id}_proba.tif`` (float32, NaN nodata).
     A tile that cannot be read is reported and skipped."""
     from kelpseg.data.dem_shift import correct_dem
+    from kelpseg.infer.predict import write_proba
 
     out.mkdir(parents=True, exist_ok=True)
     report = BatchReport("xgb predict")
@@ -351,16 +352,7 @@ def predict_items(
         p = model.predict_proba(raw[None]).numpy()[0]
         tags = {"threshold": str(threshold), "source": Path(path).name, "model": "xgboost"}
         if probabilities:
-            pf = p.astype(np.float32)
-            pf[missing] = np.nan
-            write_raster(
-                out / f"{tile_id}{PROBA_SUFFIX}",
-                pf,
-                georef=georef,
-                nodata=float("nan"),
-                band_names=["kelp_probability"],
-                tags=tags,
-            )
+            write_proba(out / f"{tile_id}{PROBA_SUFFIX}", p, missing, georef, tags)
         mask = (p >= threshold).astype(np.uint8)
         mask[missing] = MASK_NODATA
         masks[tile_id] = write_raster(

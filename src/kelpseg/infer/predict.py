@@ -165,6 +165,33 @@ def _complete(paths: list[Path], fingerprint: str) -> bool:
     return True
 
 
+def write_proba(
+    path: Path,
+    p: np.ndarray,
+    missing: np.ndarray,
+    georef: Georef,
+    tags: dict[str, str],
+    fmt: str = "float32",
+) -> Path:
+    """A probability map: float32 with NaN nodata, or uint8 ``p * 254`` with 255 nodata."""
+    if fmt == "uint8":
+        q = np.rint(np.clip(p, 0, 1) * 254).astype(np.uint8)
+        q[missing] = PROBA_U8_NODATA
+        return write_raster(
+            path,
+            q,
+            georef=georef,
+            nodata=PROBA_U8_NODATA,
+            band_names=["kelp_probability_x254"],
+            tags={**tags, "scale": str(1 / 254)},
+        )
+    pf = p.astype(np.float32)
+    pf[missing] = np.nan
+    return write_raster(
+        path, pf, georef=georef, nodata=float("nan"), band_names=["kelp_probability"], tags=tags
+    )
+
+
 def io_threads() -> int:
     """Reader (and writer) threads of the prediction pipeline: half the CPUs, 2 to 8. Reading,
     decoding and checking a 350 px tile costs a few ms of CPU (GDAL and numpy release the GIL),
@@ -300,28 +327,7 @@ def predict_tiles(
         if len(models) > 1:
             tags["members"] = str(len(models))
         if probabilities:
-            if proba_format == "uint8":
-                q = np.rint(np.clip(p, 0, 1) * 254).astype(np.uint8)
-                q[missing] = PROBA_U8_NODATA
-                write_raster(
-                    out / f"{tile_id}{PROBA_SUFFIX}",
-                    q,
-                    georef=georef,
-                    nodata=PROBA_U8_NODATA,
-                    band_names=["kelp_probability_x254"],
-                    tags={**tags, "scale": str(1 / 254)},
-                )
-            else:
-                pf = p.astype(np.float32)
-                pf[missing] = np.nan
-                write_raster(
-                    out / f"{tile_id}{PROBA_SUFFIX}",
-                    pf,
-                    georef=georef,
-                    nodata=float("nan"),
-                    band_names=["kelp_probability"],
-                    tags=tags,
-                )
+            write_proba(out / f"{tile_id}{PROBA_SUFFIX}", p, missing, georef, tags, proba_format)
         if sd_in is not None:
             sd = sd_in.astype(np.float32)
             sd[missing] = np.nan
