@@ -47,7 +47,7 @@ from kelpseg.data.cache import PackedTiles
 from kelpseg.features.pipeline import FeatureBuilder, water_mask
 from kelpseg.io import BatchReport, TileError, write_raster
 from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX
-from kelpseg.io.raster import atomic_write_text
+from kelpseg.io.raster import atomic_output, atomic_write_text
 from kelpseg.io.tiles import MASK_NODATA, missing_pixels, read_tile_georef
 from kelpseg.metrics import Counts
 
@@ -109,9 +109,8 @@ class XgbModel:
         """``model.json`` and ``config.yaml`` into ``folder`` (atomic); returns the model file."""
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / MODEL_FILE
-        tmp = folder / f".{MODEL_FILE}.tmp.json"
-        self.booster.save_model(tmp)
-        os.replace(tmp, path)
+        with atomic_output(path, keep_suffix=True) as tmp:  # the suffix picks JSON
+            self.booster.save_model(tmp)
         atomic_write_text(folder / "config.yaml", dump_config(self.cfg))
         return path
 
@@ -305,10 +304,7 @@ def importances(models: dict[int, XgbModel]) -> pd.DataFrame:
 
 def plot_importance(table: pd.DataFrame, path: Path, top: int) -> Path:
     """Horizontal bars of the ``top`` features by mean gain (PNG, written atomically)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kelpseg.eda.plots import plt, save_figure  # Agg backend
 
     t = table.head(top).iloc[::-1]
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(t) + 1.2))
@@ -316,11 +312,7 @@ def plot_importance(table: pd.DataFrame, path: Path, top: int) -> Path:
     ax.set_xlabel("mean gain over folds")
     ax.set_title(f"XGBoost feature importance (top {len(t)})")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def predict_items(

@@ -20,11 +20,20 @@ DISTRIBUTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def save_figure(fig: plt.Figure, path: str | Path, *, dpi: int = 90, **kwargs) -> Path:
+    """Write ``fig`` as a PNG atomically (temporary file + rename) and close it."""
+    from kelpseg.io.raster import atomic_output
+
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, **kwargs)
+    finally:
+        plt.close(fig)
+    return Path(path)
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def distributions(tiles: pd.DataFrame, path: Path) -> Path:

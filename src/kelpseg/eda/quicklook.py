@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from kelpseg.io.raster import temp_beside
+from kelpseg.io.raster import atomic_output
 from kelpseg.io.tiles import NODATA
 
 RGB = (2, 3, 4)  # Red, Green, Blue in the model's band order
@@ -55,11 +55,6 @@ class QuickLook:
         """Write the PNG atomically."""
         from PIL import Image
 
-        tmp = temp_beside(path)
-        try:
+        with atomic_output(path) as tmp:
             Image.fromarray(self.image()).save(tmp, format="PNG")
-            tmp.replace(path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
         return path

@@ -294,7 +294,7 @@ def plot_series(table: pd.DataFrame, path: Path, *, min_observed: float = 0.8) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kelpseg.io.raster import temp_beside
+    from kelpseg.eda.plots import save_figure
 
     tiles = "aoi" in table.columns
     fig, ax = plt.subplots(figsize=(10, 4.5))
@@ -324,13 +324,4 @@ def plot_series(table: pd.DataFrame, path: Path, *, min_observed: float = 0.8) -
     if not tiles:
         fig.autofmt_xdate()
     fig.tight_layout()
-    tmp = temp_beside(Path(path).with_suffix(".png"))
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path, dpi=120)

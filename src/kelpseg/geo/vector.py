@@ -8,8 +8,6 @@ for a geographic one; without a CRS the polygons are in pixel units and each pix
 
 from __future__ import annotations
 
-import os
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from rasterio.features import shapes
 from shapely.geometry import shape
 
 from kelpseg.geo.area import geometry_areas_ha, to_pyproj
+from kelpseg.io.raster import atomic_output
 
 LAYER = "kelp"
 COLUMNS = ("id", "area_ha", "pixel_area_assumed")
@@ -78,18 +77,12 @@ def kelp_polygons(
 
 
 def _write_atomic(gdf: gpd.GeoDataFrame, path: Path, driver: str, **options: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex}.tmp{path.suffix}")
-    try:
-        with warnings.catch_warnings():  # no CRS: pixel units, said by pixel_area_assumed
-            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
-            pyogrio.write_dataframe(
-                gdf, tmp, layer=LAYER, driver=driver, geometry_type="Polygon", **options
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, keep_suffix=True) as tmp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)  # said otherwise
+        tmp.unlink()  # the driver creates the file; an empty one is not a GeoPackage
+        pyogrio.write_dataframe(
+            gdf, tmp, layer=LAYER, driver=driver, geometry_type="Polygon", **options
+        )
     return path
 
 

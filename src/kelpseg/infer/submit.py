@@ -8,7 +8,6 @@ Nothing is written unless every test tile has a usable prediction.
 
 from __future__ import annotations
 
-import os
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from rasterio.errors import RasterioIOError
 
 from kelpseg.io.discover import KELP_SUFFIX, SAT_SUFFIX
 from kelpseg.io.errors import TileError
-from kelpseg.io.raster import open_raster, read_georef, temp_beside, write_raster
+from kelpseg.io.raster import atomic_output, open_raster, read_georef, write_raster
 from kelpseg.io.tiles import read_mask
 
 
@@ -87,18 +86,16 @@ def build_submission(pred_dir: Path, tiles_dir: Path, out: Path) -> Submission:
     nodata = _nodata_pixels(preds, masks)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_beside(out)
-    try:
-        with tempfile.TemporaryDirectory() as work, tarfile.open(tmp, "w") as tar:
-            for tile_id, mask in masks.items():
-                name = f"{tile_id}{KELP_SUFFIX}"
-                georef = read_georef(preds[tile_id])
-                write_raster(Path(work) / name, mask, georef=georef)
-                tar.add(Path(work) / name, arcname=name)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with (
+        atomic_output(out) as tmp,
+        tempfile.TemporaryDirectory() as work,
+        tarfile.open(tmp, "w") as tar,
+    ):
+        for tile_id, mask in masks.items():
+            name = f"{tile_id}{KELP_SUFFIX}"
+            georef = read_georef(preds[tile_id])
+            write_raster(Path(work) / name, mask, georef=georef)
+            tar.add(Path(work) / name, arcname=name)
     return Submission(out, len(masks), nodata)
 
 

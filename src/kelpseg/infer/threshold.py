@@ -209,10 +209,7 @@ def choose(counts: Counts) -> dict:
 
 def plot_curve(result: dict, path: Path) -> Path:
     """Dice / precision / recall against the threshold, the chosen one marked (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from kelpseg.eda.plots import plt, save_figure  # Agg backend
 
     c = result["curve"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -224,11 +221,7 @@ def plot_curve(result: dict, path: Path) -> Path:
     ax.set_title(f"out-of-fold: best {result['threshold']:.2f} (Dice {result['dice']:.4f})")
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def mixture(per_fold: dict[int, Counts], weights: dict[int, float]) -> Counts:

@@ -31,7 +31,7 @@ from rasterio.windows import Window
 from tqdm.auto import tqdm
 
 from kelpseg.io.errors import TileError
-from kelpseg.io.raster import temp_beside
+from kelpseg.io.raster import atomic_output
 from kelpseg.io.tiles import BAND_NAMES, NODATA
 
 QA_DEFAULT_BITS: tuple[str, ...] = ("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow")
@@ -416,20 +416,14 @@ def stack_scene(
             "bands": ",".join(f"SR_B{b}" for b in wanted) + ",QA_PIXEL,DEM",
         }
         wins = list(windows(qa_src.height, qa_src.width, block))
-        tmp = temp_beside(out)
         try:
-            with rasterio.open(tmp, "w", **profile) as dst:
+            with atomic_output(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
                 for i, name in enumerate(BAND_NAMES, start=1):
                     dst.set_band_description(i, name)
                 dst.update_tags(**tags)
                 for win in tqdm(wins, desc=f"stack {meta.scene_id}", disable=not progress):
                     dst.write(_stack_window(srcs, qa_src, vrt, win, qa_bits), window=win)
-            os.replace(tmp, out)
         except RasterioError as err:
-            tmp.unlink(missing_ok=True)
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise SceneError(folder, f"reading the scene failed: {msg}") from err
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
     return meta

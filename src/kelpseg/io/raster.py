@@ -70,19 +70,35 @@ def _current_umask() -> int:
     return mask
 
 
-def temp_beside(path: Path) -> Path:
-    """A new empty temporary file in ``path``'s folder, with the mode a new file would get.
+def temp_beside(path: Path, suffix: str = "") -> Path:
+    """A new empty temporary file in ``path``'s folder, with the mode a new file would get;
+    its name ends in ``.tmp`` + ``suffix`` (for writers that choose the format by suffix).
 
     ``mkstemp`` creates files 0600 whatever the umask; the final file must get
     ``0666 & ~umask`` like any file the user creates.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_current_umask())
     finally:
         os.close(fd)
     return Path(tmp)
+
+
+@contextmanager
+def atomic_output(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write to: renamed onto ``path`` when the block ends
+    normally, removed when it raises. ``keep_suffix``: the temporary name ends in ``path``'s
+    suffix too (for writers that pick the format from it)."""
+    path = Path(path)
+    tmp = temp_beside(path, path.suffix if keep_suffix else "")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_raster(
@@ -132,32 +148,20 @@ def write_raster(
         profile["transform"] = georef.transform
     if nodata is not None:
         profile["nodata"] = nodata
-    tmp = temp_beside(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(tmp, "w", **profile) as dst:
-                dst.write(arr)
-                if band_names is not None:
-                    for i, name in enumerate(band_names, start=1):
-                        dst.set_band_description(i, name)
-                if tags:
-                    dst.update_tags(**tags)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(tmp, "w", **profile) as dst:
+            dst.write(arr)
+            if band_names is not None:
+                for i, name in enumerate(band_names, start=1):
+                    dst.set_band_description(i, name)
+            if tags:
+                dst.update_tags(**tags)
     return path
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write a text file atomically; the temporary file is removed if the write fails."""
-    path = Path(path)
-    tmp = temp_beside(path)
-    try:
+    with atomic_output(path) as tmp:
         tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

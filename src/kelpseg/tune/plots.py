@@ -9,11 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import optuna
 from optuna.visualization import matplotlib as ovm
 
-from kelpseg.io.raster import temp_beside
+from kelpseg.eda.plots import save_figure
 
 PLOTS = {
     "parallel_coordinate.png": ovm.plot_parallel_coordinate,
@@ -43,10 +42,5 @@ def write_plots(study: optuna.Study, out: Path) -> tuple[list[Path], list[str]]:
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         fig.set_size_inches(max(8.0, fig.get_figwidth()), max(5.0, fig.get_figheight()))
         fig.tight_layout()
-        path = out / name
-        tmp = temp_beside(path)
-        fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
+        written.append(save_figure(fig, out / name, dpi=100))
     return written, skipped
