@@ -61,6 +61,18 @@ def test_refuses_missing_predictions_and_writes_nothing(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_refuses_two_predictions_of_one_tile(tmp_path: Path) -> None:
+    """A run folder holds predictions/ (ensemble) and predictions_single/: never pick one."""
+    tiles, preds, _ = _test_set(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    preds.rename(run / "predictions")
+    write_raster(run / "predictions_single" / "T1_kelp.tif", np.zeros((SIZE, SIZE), np.uint8))
+    with pytest.raises(SubmissionError, match=r"two files for tile T1"):
+        build_submission(run, tiles, tmp_path / "submission.tar")
+    assert build_submission(run / "predictions", tiles, tmp_path / "submission.tar").tiles == 3
+
+
 def test_refuses_wrong_shape_or_values_naming_the_tiles(tmp_path: Path) -> None:
     tiles, preds, _ = _test_set(tmp_path)
     write_raster(preds / "T0_kelp.tif", np.zeros((SIZE, SIZE - 2), np.uint8))

@@ -70,3 +70,15 @@ def test_threshold_refuses_a_folder_without_folds(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["threshold", str(tmp_path)])
     assert res.exit_code == 1
     assert "no finished fold" in res.output and "Traceback" not in res.output
+
+
+def test_read_threshold_picks_the_entry_that_fits_the_vote(tmp_path: Path) -> None:
+    from kelpseg.infer.threshold import read_threshold
+
+    assert read_threshold(tmp_path) is None
+    (tmp_path / "threshold.json").write_text(
+        json.dumps({"threshold": 0.4, "ensemble": {"threshold": 0.3, "member_threshold": 0.6}})
+    )
+    assert read_threshold(tmp_path) == 0.4  # one model: its own out-of-fold threshold
+    assert read_threshold(tmp_path, 3) == 0.3  # soft vote: the mean's calibrated threshold
+    assert read_threshold(tmp_path, 3, "hard") == 0.6  # hard vote: each member is cut

@@ -649,7 +649,7 @@ def predict(
     if threshold is None and "predict.threshold" in explicit:
         threshold = pc.threshold
     if threshold is None and run is not None and (run / "threshold.json").is_file():
-        threshold = read_threshold(run, len(ckpts))
+        threshold = read_threshold(run, len(ckpts), vote or pc.vote)
         note = f", tuned in {run / 'threshold.json'}"
     if threshold is None:
         threshold = pc.threshold
@@ -988,7 +988,7 @@ def map_cmd(
     if out.exists() and not out.is_dir():
         _fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
     if threshold is None and run is not None:
-        threshold = read_threshold(run, len(ckpts))
+        threshold = read_threshold(run, len(ckpts), vote)
     try:
         models = [load_model(c) for c in ckpts]  # every member is checked before any work
     except CheckpointError as err:

@@ -396,7 +396,8 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
             calibration=[path for _, path in prep.test_items()],
         )
         single_t = oof["threshold"]
-        ensemble_t = oof["ensemble"]["threshold"] if several else single_t
+        cut = "member_threshold" if p.vote == "hard" else "threshold"  # hard: members are cut
+        ensemble_t = oof["ensemble"][cut] if several else single_t
     t_tune = time.perf_counter()
     runs = {"ensemble": out / "predictions"}
     n_test = _predict_test(

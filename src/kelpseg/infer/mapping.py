@@ -348,7 +348,7 @@ def map_run(
 
     ckpts, _ = run_checkpoints(run)
     models = [load_model(c) for c in ckpts]
-    options.setdefault("threshold", read_threshold(run, len(ckpts)))
+    options.setdefault("threshold", read_threshold(run, len(ckpts), options.get("vote", "soft")))
     engine, settings = build_engine(models, member_weights(len(ckpts)), **options)
     return map_inputs(engine, inputs, maps, settings, models=ckpts, dem=dem, overwrite=overwrite)
 

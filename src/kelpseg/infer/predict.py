@@ -9,7 +9,6 @@ probabilities. A bad input file is reported and skipped; the batch goes on.
 from __future__ import annotations
 
 import copy
-import glob
 import hashlib
 import itertools
 import json
@@ -369,8 +368,6 @@ def predict_tiles(
 
     def load(tile_id: str, path: Path) -> tuple[Any, ...]:
         """Runs in a reader thread: reuse marker, the read tile, or the TileError."""
-        for stale in out.glob(f".{glob.escape(tile_id)}_*.tif.*.tmp"):  # left by a killed run
-            stale.unlink(missing_ok=True)
         if not overwrite and _complete(outputs(tile_id), fingerprint):
             return ("reused",)
         try:
@@ -381,6 +378,8 @@ def predict_tiles(
 
     writes: deque[tuple[str, Future[Path]]] = deque()
     ahead = 2 * batch_size
+    for stale in out.glob(".*.tif.*.tmp"):  # left by a killed run (ours are written later)
+        stale.unlink(missing_ok=True)
     pool = io_threads()
     with ThreadPoolExecutor(pool) as readers, ThreadPoolExecutor(pool) as writer:
         queue: deque[tuple[str, Path, Future[tuple[Any, ...]]]] = deque()

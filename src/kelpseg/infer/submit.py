@@ -36,7 +36,18 @@ class Submission:
 
 
 def _by_id(folder: Path, suffix: str) -> dict[str, Path]:
-    return {p.name[: -len(suffix)]: p for p in sorted(folder.rglob(f"*{suffix}"))}
+    """``{tile_id: file}`` under ``folder``; two files for one tile (e.g. a run folder holding
+    ``predictions/`` and ``predictions_single/``) are refused, never silently picked."""
+    found: dict[str, Path] = {}
+    for p in sorted(folder.rglob(f"*{suffix}")):
+        tile_id = p.name[: -len(suffix)]
+        if tile_id in found:
+            raise SubmissionError(
+                f"{folder}: two files for tile {tile_id} ({found[tile_id]} and {p}); "
+                "point at one predictions folder"
+            )
+        found[tile_id] = p
+    return found
 
 
 def _names(ids: list[str], limit: int = 5) -> str:

@@ -374,12 +374,17 @@ def tune_threshold(
     return result
 
 
-def read_threshold(out: Path, members: int = 1) -> float | None:
-    """The tuned threshold of a run folder (its ``ensemble`` entry when ``members`` > 1 and
-    there is one), or None when it was never tuned."""
+def read_threshold(out: Path, members: int = 1, vote: str = "soft") -> float | None:
+    """The tuned threshold of a run folder, or None when it was never tuned.
+
+    With ``members`` > 1 and an ``ensemble`` entry: the mean's threshold for a soft vote; for
+    a hard vote each member is cut, so the members' own (``member_threshold``).
+    """
     path = out / THRESHOLD_FILE
     if not path.is_file():
         return None
     tuned = json.loads(path.read_text())
     ens = tuned.get("ensemble") if members > 1 else None
-    return float((ens if isinstance(ens, dict) else tuned)["threshold"])
+    if not isinstance(ens, dict):
+        return float(tuned["threshold"])
+    return float(ens["member_threshold" if vote == "hard" else "threshold"])
