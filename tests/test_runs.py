@@ -57,8 +57,13 @@ def store(tmp_path_factory):
     common = {**net, "features.indices": "['NDVI', 'DEMWM']", "train.loss.dice": 1.0}
     _log(client, exp, 0, 0.60, 1000, ta, **common, **{"model.encoder": "resnet18"})
     _log(client, exp, 1, 0.70, 2000, ta, **common, **{"model.encoder": "resnet18"})
-    _log(client, exp, 0, 0.66, 3000, ta, **common, **{"model.encoder": "resnet18"})  # retrained
+    # fold 0 retrained with another loss: its row is that run's, not a mix of both runs
+    retrained = {**net, "features.indices": "['NDVI', 'DEMWM']", "train.loss.bce": 1.0}
+    _log(client, exp, 0, 0.66, 3000, ta, **retrained, **{"model.encoder": "resnet18"})
     _log(client, exp, 2, None, 4000, ta, **common, **{"model.encoder": "resnet18"})
+    trial = client.create_run(exp, start_time=4500, tags=ta, run_name="trial 0")  # a tune trial:
+    client.log_metric(trial.info.run_id, "best/val_dice", 0.99)  # its Dice, but no fold of its own
+    client.set_terminated(trial.info.run_id, "FINISHED")
     old = {"checkpoint": str(b / "fold0" / "best.ckpt")}  # a run from before the group tag
     _log(client, exp, 0, 0.40, 5000, old, **net, **{"model.encoder": "resnet34"})
     return root
@@ -67,10 +72,11 @@ def store(tmp_path_factory):
 def test_grouping_latest_fold_and_folder_figures(store):
     table = list_runs(str(store), "kelpseg")
     assert list(table["run"]) == ["runA", "runB"]  # sorted by mean Dice, best first
+    assert not [c for c in table.columns if c.startswith("dice_f-")]  # the trial run is no fold
     a, b = table.iloc[0], table.iloc[1]
     assert (a["folds"], a["dice_f0"], a["dice_f1"]) == (2, 0.66, 0.70)
     assert a["mean_dice"] == pytest.approx(0.68) and a["std_dice"] == pytest.approx(0.02)
-    assert (a["threshold"], a["test_dice"], a["indices"], a["loss"]) == (0.45, 0.55, 2, "dice:1")
+    assert (a["threshold"], a["test_dice"], a["indices"], a["loss"]) == (0.45, 0.55, 2, "bce:1")
     assert b["folds"] == 1 and b["std_dice"] == 0.0 and math.isnan(b["dice_f1"])
     assert math.isnan(b["threshold"]) and math.isnan(b["test_dice"])
 

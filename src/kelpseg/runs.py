@@ -85,9 +85,9 @@ def fold_runs(uri: str, experiment: str) -> pd.DataFrame:
     rows = []
     for r in runs:
         dice = r.data.metrics.get(DICE)
-        if dice is None:  # a run that never finished a fold
-            continue
         tags, params = r.data.tags, r.data.params
+        if dice is None or "fold" not in params:  # unfinished, or a study's / trial's run
+            continue
         group = tags.get(GROUP_TAG)
         if group is None and tags.get("checkpoint"):
             group = str(Path(tags["checkpoint"]).parent.parent)
@@ -96,7 +96,7 @@ def fold_runs(uri: str, experiment: str) -> pd.DataFrame:
                 "run_id": r.info.run_id,
                 "group": group or r.info.run_id,
                 "start": r.info.start_time,
-                "fold": int(params.get("fold", -1)),
+                "fold": int(params["fold"]),
                 "val_dice": float(dice),
                 **params,
             }
@@ -145,10 +145,11 @@ def runs_table(folds: pd.DataFrame) -> pd.DataFrame:
     """One row per training (group of fold runs); the latest run of each fold counts."""
     if folds.empty:
         return pd.DataFrame(columns=["run", "mean_dice"])
-    latest = folds.sort_values("start").groupby(["group", "fold"], as_index=False).last()
+    # the latest run of each fold, whole (not column-wise last non-null values)
+    latest = folds.sort_values("start").drop_duplicates(["group", "fold"], keep="last")
     rows = []
     for group, g in latest.groupby("group", sort=False):
-        first = g.iloc[0]
+        newest = g.iloc[-1]  # config highlights: the most recent fold run
         row: dict[str, object] = {
             "run": Path(str(group)).name,
             "started": datetime.fromtimestamp(g["start"].min() / 1000, UTC).strftime(
@@ -156,9 +157,9 @@ def runs_table(folds: pd.DataFrame) -> pd.DataFrame:
             ),
         }
         for col, key in HIGHLIGHTS.items():
-            row[col] = first.get(key)
-        row["loss"] = _loss(first)
-        row["indices"] = _count(first.get("features.indices"))
+            row[col] = newest.get(key)
+        row["loss"] = _loss(newest)
+        row["indices"] = _count(newest.get("features.indices"))
         dice = g.set_index("fold")["val_dice"].sort_index()
         row["folds"] = len(dice)
         for k, v in dice.items():
