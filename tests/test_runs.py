@@ -117,3 +117,15 @@ def test_cli_formats_and_errors(store, tmp_path):
     assert render(list_runs(str(store), "kelpseg", filters=["mean_dice>0.9"]), "table") == (
         "no finished runs\n"
     )
+
+
+def test_experiment_opens_a_file_store_mlflow_3_refuses_by_default(tmp_path, monkeypatch):
+    """`kelpseg xgb` and `kelpseg tune` log through this helper: a `file:` store must work."""
+    from kelpseg.config import load_config
+    from kelpseg.train.fit import experiment
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = load_config("tiny", [f"tracking.uri=file:{tmp_path / 'mlruns'}"])
+    client, exp_id = experiment(cfg, tmp_path)
+    assert client.get_experiment(exp_id).name == cfg.tracking.experiment
+    assert experiment(cfg, tmp_path)[1] == exp_id  # found, not created twice

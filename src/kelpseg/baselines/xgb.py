@@ -344,7 +344,8 @@ def predict_items(
         p = model.predict_proba(raw[None]).numpy()[0]
         tags = {"threshold": str(threshold), "source": Path(path).name, "model": "xgboost"}
         if probabilities:
-            write_proba(out / f"{tile_id}{PROBA_SUFFIX}", p, missing, georef, tags)
+            fmt = model.cfg.predict.proba_format
+            write_proba(out / f"{tile_id}{PROBA_SUFFIX}", p, missing, georef, tags, fmt)
         mask = (p >= threshold).astype(np.uint8)
         mask[missing] = MASK_NODATA
         masks[tile_id] = write_raster(
@@ -358,22 +359,13 @@ def log_runs(cfg: Config, out: Path, folder: Path, results: dict[int, XgbFold]) 
     """One finished MLflow run per fold in the networks' store, so ``kelpseg runs`` lists the
     baseline beside them (tag ``kelpseg.out`` = ``folder``; arch ``xgboost``)."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
     from kelpseg._quiet import quiet
     from kelpseg.config import flatten
+    from kelpseg.train.fit import RUN_GROUP_TAG, experiment
 
     quiet()
-    uri = cfg.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = (
-        exp.experiment_id
-        if exp is not None
-        else client.create_experiment(
-            cfg.tracking.experiment, artifact_location=(out / "mlartifacts").resolve().as_uri()
-        )
-    )
+    client, exp_id = experiment(cfg, out)
     skip = ("model.", "train.", "augment.", "postprocess.", "tracking.")
     params = {k: v for k, v in flatten(cfg).items() if not k.startswith(skip)}
     params |= {"model.arch": "xgboost", "model.encoder": "hist"}
@@ -381,12 +373,11 @@ def log_runs(cfg: Config, out: Path, folder: Path, results: dict[int, XgbFold]) 
         run = client.create_run(
             exp_id,
             run_name=f"xgb fold{k}",
-            tags={"kelpseg.out": str(folder.resolve()), "checkpoint": str(r.checkpoint)},
+            tags={RUN_GROUP_TAG: str(folder.resolve()), "checkpoint": str(r.checkpoint)},
         )
         rid = run.info.run_id
         items = [Param(n, str(v)[:6000]) for n, v in {**params, "fold": k}.items()]
-        for i in range(0, len(items), 100):  # MLflow takes 100 params per batch
-            client.log_batch(rid, params=items[i : i + 100])
+        client.log_batch(rid, params=items)  # MLflow splits it into accepted batches
         client.log_metric(rid, "best/val_dice", r.val_dice)
         client.set_terminated(rid, "FINISHED")
 
@@ -394,21 +385,12 @@ def log_runs(cfg: Config, out: Path, folder: Path, results: dict[int, XgbFold]) 
 def run_xgb(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> dict:
     """The whole baseline in ``out``: prepare (shared with the networks), train the configured
     folds into ``out/xgb``, importances, predict the test tiles, ``out/xgb/metrics.json``."""
-    from kelpseg.data.cache import build_cache
-    from kelpseg.data.groups import dem_shifts
-    from kelpseg.pipeline import cache_shape, fold_list, prepare
+    from kelpseg.pipeline import fold_list, pack_training, prepare
 
     t0 = time.perf_counter()
     folds = fold_list(cfg)
     prep = prepare(data, cfg, out, pack=True)
-    ids = prep.train["tile_id"].tolist()
-    shifts = None
-    if cfg.data.correct_dem_shift:
-        shifts = dict(zip(ids, dem_shifts(prep.stats, ids), strict=True))
-    packed = build_cache(
-        [prep.refs[t] for t in ids], out / "cache", cache_shape(prep.train, cfg.data.tile_size),
-        shifts,
-    )  # fmt: skip
+    packed = pack_training(prep, cfg, out)  # the networks' cache, shared
     folder = out / "xgb"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_text(folder / "config.yaml", dump_config(cfg))

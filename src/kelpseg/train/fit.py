@@ -74,8 +74,25 @@ class FoldResult:
 
 
 def tracking_uri(cfg: Config, out: Path) -> str:
-    """The MLflow store: the config's, or a SQLite file inside ``out``."""
-    return cfg.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    """The MLflow store: the config's, or a SQLite file inside ``out``. A file store (which
+    MLflow 3 refuses unless told) is allowed, as the user asked for it."""
+    uri = cfg.tracking.uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    if uri.startswith("file:") or "://" not in uri:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    return uri
+
+
+def experiment(cfg: Config, out: Path):
+    """``(MlflowClient, experiment id)`` of the config's store and experiment, created (with
+    its artifacts in ``out/mlartifacts``) when missing."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(cfg, out))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is not None:
+        return client, exp.experiment_id
+    artifacts = (out / "mlartifacts").resolve().as_uri()
+    return client, client.create_experiment(cfg.tracking.experiment, artifact_location=artifacts)
 
 
 class LastCheckpoint(ModelCheckpoint):
@@ -140,8 +157,6 @@ def mlflow_logger(
     """The fold's MLflow run (continued when ``run_id`` is given), nested under
     ``parent_run_id`` when given (``kelpseg tune``: the trial's run)."""
     uri = tracking_uri(cfg, out)
-    if uri.startswith("file:") or "://" not in uri:
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     return MLFlowLogger(
         experiment_name=cfg.tracking.experiment,
         run_name=f"fold{fold}",

@@ -128,19 +128,10 @@ def done(study: optuna.Study, total: int) -> bool:
 
 def parent_run(base: Config, out: Path, study: optuna.Study, space_file: Path) -> str:
     """The study's MLflow run (found by tag in the tracking store, else created)."""
-    from mlflow.tracking import MlflowClient
-
+    from kelpseg.train.fit import experiment
     from kelpseg.tune.objective import STUDY_TAG
 
-    client = MlflowClient(base.tracking.uri)
-    exp = client.get_experiment_by_name(base.tracking.experiment)
-    exp_id = (
-        exp.experiment_id
-        if exp is not None
-        else client.create_experiment(
-            base.tracking.experiment, artifact_location=(out / "mlartifacts").resolve().as_uri()
-        )
-    )
+    client, exp_id = experiment(base, out)
     found = client.search_runs(
         [exp_id],
         f"tags.`{STUDY_TAG}` = '{study.study_name}' and tags.`kelpseg.role` = 'study'",
