@@ -58,6 +58,17 @@ def test_quicklook_is_decimated_and_outlines_kelp() -> None:
     assert (img[:5, :7] == 0).all()  # the missing corner is black
 
 
+def test_quicklook_keeps_a_one_pixel_bed_between_sampled_rows() -> None:
+    raw = _raster(400, 250)
+    kelp = np.zeros((400, 250), np.uint8)
+    kelp[301, 150] = 1  # step 4: row 301 and column 150 are not among the sampled pixels
+    look = QuickLook(400, 250, max_px=100)
+    for row in range(0, 400, 70):
+        look.add(row, raw[:, row : row + 70], kelp[row : row + 70])
+    magenta = (look.image() == [255, 40, 200]).all(-1)
+    assert magenta[74:77, 36:39].any() and magenta.sum() <= 9
+
+
 def _inputs(folder: Path) -> tuple[Path, Path, Path]:
     """A UTM raster, a bad file and an ungeoreferenced raster."""
     raw = _raster(200, 300, seed=7)
@@ -143,6 +154,19 @@ def test_map_end_to_end_batch_resume_and_bad_input(ckpt: Path, tmp_path: Path) -
     assert (scene / "scene.json").stat().st_mtime_ns == stamp
     res = runner.invoke(app, [*again, "--overwrite"])
     assert res.exit_code == 0 and (scene / "scene.json").stat().st_mtime_ns > stamp
+
+
+def test_two_inputs_with_one_scene_id_do_not_overwrite_each_other(
+    ckpt: Path, tmp_path: Path
+) -> None:
+    raw = _raster(120, 130, seed=3)
+    first = write_raster(tmp_path / "x" / "stack.tif", raw, georef=UTM)
+    second = write_raster(tmp_path / "y" / "stack.tif", raw, georef=UTM)
+    maps = tmp_path / "maps"
+    res = runner.invoke(app, ["map", "-m", str(ckpt), str(first), str(second), "-o", str(maps)])
+    assert res.exit_code == 0, res.output
+    assert "same scene id 'stack'" in res.output and "1 ok, 1 skipped" in res.output
+    assert json.loads((maps / "stack" / "scene.json").read_text())["source"] == str(first)
 
 
 def test_ensemble_writes_spread_and_a_missing_model_is_one_line(ckpt: Path, tmp_path: Path) -> None:

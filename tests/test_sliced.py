@@ -103,6 +103,26 @@ def test_blending_a_constant_model_gives_that_constant_everywhere(
     np.testing.assert_allclose(small, want, rtol=0, atol=1e-6)
 
 
+class PixelFunction:
+    """A fake engine whose output at each pixel is a function of that pixel's own input: any
+    window placed at the wrong offset, or a blend that does not normalize, shows."""
+
+    device = torch.device("cpu")
+    spread = True
+
+    def __call__(self, raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(raw[:, 1].astype(np.float32))
+        return (x % 1000) / 1000, (x % 7) / 7
+
+
+def test_windows_land_where_they_were_read() -> None:
+    raw = _raster()
+    mean, std = _blend(PixelFunction(), raw, overlap=24, batch_size=5)
+    nir = raw[1].astype(np.float32)
+    np.testing.assert_allclose(mean, (nir % 1000) / 1000, atol=1e-5)
+    np.testing.assert_allclose(std, (nir % 7) / 7, atol=1e-5)
+
+
 def test_result_does_not_depend_on_band_rows_or_batch(model: KelpSegModule) -> None:
     raw = _raster(seed=2)
     engine = Members([model, model], [0.5, 0.5], spread=True)

@@ -15,6 +15,7 @@ import numpy as np
 
 from kelpseg.io.raster import atomic_write_text, open_raster
 from kelpseg.io.tiles import MASK_NODATA
+from kelpseg.metrics import dice
 
 SCENE_SIZE = 1024
 
@@ -37,15 +38,13 @@ def map_demo_scene(run: Path, out: Path, *, size: int = SCENE_SIZE, seed: int = 
     with open_raster(scene.truth) as src:
         truth = src.read(1)
     judged = (truth != MASK_NODATA) & (pred != MASK_NODATA)
-    p, t = pred[judged] == 1, truth[judged] == 1
-    denom = int(p.sum() + t.sum())
     summary = {
         "scene_id": sid,
         "size_px": size,
         "kelp_ha_mapped": mapped["kelp_ha"],
         "kelp_ha_true": scene.kelp_ha,
         "observed_fraction": mapped["observed_fraction"],
-        "dice": float(2 * (p & t).sum() / denom) if denom else 1.0,
+        "dice": dice(pred[judged] == 1, truth[judged] == 1),
         "threshold": mapped["threshold"],
         "maps": str(maps / sid),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -1,7 +1,9 @@
 """Quick-look PNG of a mapped scene: true colour, stretched, kelp outlined.
 
-Built row band by row band (:meth:`QuickLook.add`) from every ``step``-th pixel, so a whole
-Landsat scene becomes a ~1,000 px picture without holding the scene in memory.
+Built row band by row band (:meth:`QuickLook.add`), so a whole Landsat scene becomes a
+~1,000 px picture without holding the scene in memory: the colours from every ``step``-th
+pixel, the kelp from every pixel (a block shows kelp when any of its pixels is kelp, so a
+one-pixel bed is not lost to the decimation).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from kelpseg.eda.render import block_max, boundary
 from kelpseg.io.raster import atomic_output
 from kelpseg.io.tiles import NODATA
 
@@ -23,17 +26,21 @@ class QuickLook:
     """Decimated true colour and kelp mask of a ``height`` x ``width`` raster."""
 
     def __init__(self, height: int, width: int, max_px: int = 1000) -> None:
-        self.step = max(1, math.ceil(max(height, width) / max_px))
-        self.cols = slice(0, width, self.step)
+        self.step = s = max(1, math.ceil(max(height, width) / max_px))
+        self.cols = slice(0, width, s)
         self.rgb: list[np.ndarray] = []
-        self.kelp: list[np.ndarray] = []
+        self.kelp = np.zeros((-(-height // s), -(-width // s)), bool)
 
     def add(self, row: int, raw: np.ndarray, kelp: np.ndarray) -> None:
         """Rows ``[row, row + h)``: raw ``(7, h, W)`` int16 and the ``(h, W)`` mask (1 kelp)."""
         first = (-row) % self.step
         rows = slice(first, raw.shape[1], self.step)
         self.rgb.append(raw[list(RGB), rows, self.cols])
-        self.kelp.append(kelp[rows, self.cols] == 1)
+        skip = row % self.step  # align the band to the picture's blocks
+        aligned = np.zeros((skip + kelp.shape[0], kelp.shape[1]), bool)
+        aligned[skip:] = kelp == 1
+        blocks = block_max(aligned, self.step)
+        self.kelp[row // self.step : row // self.step + len(blocks)] |= blocks
 
     def image(self) -> np.ndarray:
         """``(h, w, 3)`` uint8: 2-98 % stretch per channel, black where missing, kelp outlined."""
@@ -46,9 +53,7 @@ class QuickLook:
                 lo, hi = np.percentile(valid, (2, 98))
                 scaled = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1) * 255
                 out[..., i] = np.where(missing, 0, scaled).astype(np.uint8)
-        kelp = np.concatenate(self.kelp, axis=0)
-        edge = kelp & ~ndimage.binary_erosion(kelp)
-        out[ndimage.binary_dilation(edge)] = OUTLINE
+        out[ndimage.binary_dilation(boundary(self.kelp))] = OUTLINE
         return out
 
     def save(self, path: Path) -> Path:

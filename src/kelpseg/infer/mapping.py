@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kelpseg.geo.coverage import CLEAR_WATER, CLOUDY_WATER, coverage_codes
+from kelpseg.geo.coverage import coverage_codes, water_ha
 from kelpseg.io.errors import BatchReport, TileError
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
 from kelpseg.io.tiles import MASK_NODATA
@@ -107,7 +107,7 @@ def _done(folder: Path, fp: str) -> bool:
 
 def _clean_stale(folder: Path) -> None:
     """Remove temporary files a killed run left."""
-    for stale in folder.glob(".*.tmp"):
+    for stale in [*folder.glob(".*.tmp"), *folder.glob(".*.tmp.*")]:  # .tmp.gpkg: polygons
         stale.unlink(missing_ok=True)
 
 
@@ -208,7 +208,7 @@ def _map_raster(
             )
         look = QuickLook(H, W, settings.quicklook_px)
         kelp_cut = 0.5 if settings.vote == "hard" else settings.threshold
-        totals: dict[str, float] = {"kelp": 0.0, "clear": 0.0, "cloud": 0.0}
+        totals: dict[str, float] = {"kelp": 0.0, "water": 0.0, "clear": 0.0}
         try:
             for band in predict_sliced(
                 engine,
@@ -231,9 +231,9 @@ def _map_raster(
                 look.add(band.row, band.raw, kelp)
                 crs, transform = georef.crs, georef.transform
                 totals["kelp"] += class_areas_ha(kelp, crs, transform, band.row).get(1, 0.0)
-                cov_ha = class_areas_ha(cov, crs, transform, band.row)
-                totals["clear"] += cov_ha.get(CLEAR_WATER, 0.0)
-                totals["cloud"] += cov_ha.get(CLOUDY_WATER, 0.0)
+                water, clear = water_ha(class_areas_ha(cov, crs, transform, band.row))
+                totals["water"] += water
+                totals["clear"] += clear
             for w in writers.values():
                 w.finish()
         except BaseException:
@@ -249,7 +249,7 @@ def _map_raster(
     )
     del mask
     write_polygons(polys, folder / f"{scene_id}_kelp.gpkg", geojson=settings.geojson)
-    water = totals["clear"] + totals["cloud"]
+    water = totals["water"]
     return {
         "crs": georef.crs.to_wkt() if georef.crs is not None else None,
         "pixel_area_assumed": bool(assumed),
@@ -378,11 +378,13 @@ def map_inputs(
     result = MapResult()
     maps.mkdir(parents=True, exist_ok=True)
     model_hash = _model_hash(engine.models)
+    taken: dict[str, Path] = {}  # scene id -> the input mapped under it in this call
     for source in inputs:
         try:
             folder = _map_one(
-                engine, source, maps, settings, model_hash, models or [], dem, overwrite, progress
-            )
+                engine, source, maps, settings, model_hash, models or [], dem, overwrite, progress,
+                taken,
+            )  # fmt: skip
         except TileError as err:
             result.report.add(err)
             continue
@@ -410,8 +412,10 @@ def _map_one(
     dem: Path | None,
     overwrite: bool,
     progress: bool,
+    taken: dict[str, Path],
 ) -> tuple[bool, Path] | None:
-    """Map one input; ``(kept, folder)``."""
+    """Map one input; ``(kept, folder)``. An input whose scene id another input of this call
+    already has is refused (it would overwrite that scene's folder)."""
     if not source.exists():
         raise MapError(source, "not found")
     fp = fingerprint(model_hash, settings, source, dem if source.is_dir() else None)
@@ -428,6 +432,11 @@ def _map_one(
             scene_id, sensor, date = scene_of(source)
         except Exception as err:  # rasterio raises several kinds for non-rasters
             raise MapError(source, f"not a readable raster: {str(err).splitlines()[0]}") from err
+    if scene_id in taken:
+        raise MapError(
+            source, f"same scene id {scene_id!r} as {taken[scene_id]}: rename one of them"
+        )
+    taken[scene_id] = source
     folder = maps / scene_id
     if not overwrite and _done(folder, fp):
         return True, folder
