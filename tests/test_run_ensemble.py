@@ -15,12 +15,13 @@ from kelpseg.infer.threshold import Counts, choose, dice_count, iter_oof, mixtur
 
 @pytest.fixture(scope="module")
 def two_folds(synth_data, tmp_path_factory: pytest.TempPathFactory):
-    """A short run of the tiny config on both folds, with dice weights."""
+    """A short run of the tiny config on both folds, with given unequal weights (`dice`
+    weights of two folds are 0 and 1: the "ensemble" would be one model)."""
     from kelpseg.config import load_config
     from kelpseg.pipeline import run_pipeline
 
     out = tmp_path_factory.mktemp("two_folds")
-    sets = ["train.folds=all", "train.samples_per_epoch=16", "predict.weights=dice"]
+    sets = ["train.folds=all", "train.samples_per_epoch=16", "predict.weights=0.4,0.6"]
     cfg = load_config("tiny", sets)
     metrics = run_pipeline(synth_data.root, cfg, out, synth_data.test_masks)
     return out, metrics
@@ -46,11 +47,9 @@ def test_single_and_ensemble_are_predicted_and_scored(two_folds, synth_data) -> 
         "ensemble": tuned["ensemble"]["threshold"],
     }
     assert tuned["folds"] == [0, 1] and saved["ensemble"]["same_as_single"] is False
-    dices = [saved["folds"][f]["val_dice"] for f in ("0", "1")]
     w = np.array(saved["ensemble"]["weights"])
     assert w.sum() == pytest.approx(1.0)
-    if dices[0] != dices[1]:  # dice weights, min-max scaled: the worse fold gets 0
-        assert w[int(np.argmin(dices))] == 0.0
+    assert w.tolist() == pytest.approx([0.4, 0.6])
     assert (out / "test_per_tile.csv").is_file() and (out / "test_per_tile_single.csv").is_file()
 
 
@@ -120,7 +119,7 @@ def test_report_shows_single_and_ensemble_side_by_side(two_folds, capsys, monkey
     out, metrics = two_folds
     print_metrics(metrics, out)
     text = capsys.readouterr().out
-    assert "best fold" in text and "2 folds, dice" in text
+    assert "best fold" in text and "2 folds, 0.4,0.6" in text
     assert f"{metrics['test']['single']['dice']:.4f}" in text
     assert f"{metrics['test']['ensemble']['dice']:.4f}" in text
 
@@ -144,7 +143,7 @@ def test_threshold_command_tunes_the_ensemble_with_the_runs_weights(
     test_dir = synth_data.root / "test_satellite"
     res = CliRunner().invoke(app, ["threshold", str(copy), "--tiles", str(test_dir)])
     assert res.exit_code == 0, res.output
-    assert "ensemble (dice weights)" in res.stdout  # from config.yaml
+    assert "ensemble (0.4,0.6 weights)" in res.stdout  # from config.yaml
     again = json.loads((copy / "threshold.json").read_text())
     assert again["ensemble"] == json.loads((out / "threshold.json").read_text())["ensemble"]
     res = CliRunner().invoke(app, ["threshold", str(copy), "--weights", "1,0"])
