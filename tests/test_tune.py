@@ -97,6 +97,24 @@ def test_space_values_round_trip_through_optuna() -> None:
     assert space.decode(trial.params) == values[0]  # labels map back to the YAML values
 
 
+def test_pruning_steps_of_a_fold_are_the_same_in_every_trial() -> None:
+    """Fold i reports from step i x (the most epochs a trial can train), whatever this trial's
+    own `train.max_epochs`: otherwise the pruner compares fold 1 of a short trial with later
+    epochs of fold 0 of a long one."""
+    from types import SimpleNamespace
+
+    from kelpseg.tune.objective import Objective
+
+    base = load_config("tiny")
+    for params, bound in (
+        ({"train.max_epochs": {"type": "int", "low": 5, "high": 50}}, 50),
+        ({"train.max_epochs": [3, 12, 7]}, 12),
+        ({"train.lr": [0.1]}, base.train.max_epochs),
+    ):
+        space = SearchSpace.model_validate({"params": params})
+        assert Objective.epochs_bound(SimpleNamespace(space=space, base=base)) == bound
+
+
 def _mlflow_runs(out: Path) -> pd.DataFrame:
     import mlflow
 

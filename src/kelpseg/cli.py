@@ -794,7 +794,10 @@ def export(
 @app.command()
 def threshold(
     out: Annotated[Path, typer.Argument(help="Output folder of `kelpseg train` / `run`.")],
-    device: Annotated[str, typer.Option(help="Device for the fold models.")] = "cpu",
+    device: Annotated[
+        str | None,
+        typer.Option(help="Device for the fold models; default: a GPU when there is one."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 8,
     weights: Annotated[
         str | None,

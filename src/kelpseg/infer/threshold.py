@@ -79,7 +79,7 @@ def _tables_folder(out: Path) -> Path:
     return out
 
 
-def _load_fold_model(ckpt: Path, device: str):
+def _load_fold_model(ckpt: Path, device: str | None):
     """A fold's network checkpoint, or an XGBoost baseline's ``model.json``."""
     from kelpseg.baselines.xgb import is_xgb_model, load_xgb
     from kelpseg.infer.predict import load_model
@@ -99,7 +99,7 @@ def fold_dices(out: Path) -> dict[int, float]:
 def iter_oof(
     out: Path,
     *,
-    device: str = "cpu",
+    device: str | None = None,
     batch_size: int = 8,
     folds: list[int] | None = None,
     tta: str = "none",
@@ -250,7 +250,7 @@ def rate_match(
     raws: Iterator[np.ndarray],
     member_threshold: float,
     *,
-    device: str = "cpu",
+    device: str | None = None,
     tta: str = "none",
     correct: bool = False,
 ) -> dict:
@@ -308,7 +308,7 @@ def _spread(items: list, n: int) -> list:
 def tune_threshold(
     out: Path,
     *,
-    device: str = "cpu",
+    device: str | None = None,
     batch_size: int = 8,
     folds: list[int] | None = None,
     weights: str = "equal",

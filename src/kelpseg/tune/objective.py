@@ -104,6 +104,14 @@ class Objective:
         before = trial.study.get_trials(deepcopy=False, states=alive)
         return sum(t.number < trial.number for t in before) >= self.total
 
+    def epochs_bound(self) -> int:
+        """The most epochs any trial trains a fold: pruning steps of fold i start at i times
+        it, so that step n means the same fold and epoch in every trial."""
+        dist = self.space.params.get("train.max_epochs")
+        if dist is None:
+            return self.base.train.max_epochs
+        return max(int(v) for v in dist.examples())
+
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", WORKER)
         if self.surplus(trial):
@@ -136,8 +144,9 @@ class Objective:
             trial_out = self.out / "trials" / f"{trial.number:04d}"
             from kelpseg.train.fit import train_fold
 
+            span = self.epochs_bound()  # the same steps for every trial: fold i, epoch e
             for i, k in enumerate(fold_list(cfg)):
-                cb = TrialPruning(trial, self.space.study.monitor, i * cfg.train.max_epochs)
+                cb = TrialPruning(trial, self.space.study.monitor, i * span)
                 result = train_fold(
                     cfg,
                     self.prep.train,
