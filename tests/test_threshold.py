@@ -77,8 +77,18 @@ def test_read_threshold_picks_the_entry_that_fits_the_vote(tmp_path: Path) -> No
 
     assert read_threshold(tmp_path) is None
     (tmp_path / "threshold.json").write_text(
-        json.dumps({"threshold": 0.4, "ensemble": {"threshold": 0.3, "member_threshold": 0.6}})
+        json.dumps(
+            {
+                "threshold": 0.4,
+                "ensemble": {
+                    "threshold": 0.3,
+                    "member_threshold": 0.6,
+                    "member_weights": {"0": 0.2, "1": 0.3, "2": 0.5},
+                },
+            }
+        )
     )
     assert read_threshold(tmp_path) == 0.4  # one model: its own out-of-fold threshold
     assert read_threshold(tmp_path, 3) == 0.3  # soft vote: the mean's calibrated threshold
     assert read_threshold(tmp_path, 3, "hard") == 0.6  # hard vote: each member is cut
+    assert read_threshold(tmp_path, 4) == 0.4  # not the ensemble that was tuned (4 members)

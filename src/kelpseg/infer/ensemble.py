@@ -19,24 +19,36 @@ class EnsembleError(ValueError):
     """An ensemble that cannot be built, the reason named in one line."""
 
 
+def finished_folds(run: Path) -> dict[int, tuple[Path, float]]:
+    """``{fold: (checkpoint, val Dice)}`` of every finished fold of a run (``fold*/result.json``).
+
+    A run folder that was moved still works: the checkpoint is then taken beside its
+    ``result.json``.
+    """
+    found: dict[int, tuple[Path, float]] = {}
+    for res in sorted(run.glob("fold*/result.json")):
+        d = json.loads(res.read_text())
+        ck = Path(d["checkpoint"])
+        ck = ck if ck.is_absolute() and ck.is_file() else res.parent / ck.name
+        found[int(d["fold"])] = (ck, float(d["val_dice"]))
+    return found
+
+
 def run_checkpoints(run: Path) -> tuple[list[Path], list[float | None]]:
     """Every trained fold of a ``kelpseg train``/``run`` output: checkpoints and val Dice.
 
-    A fold's ``result.json`` names its checkpoint and Dice; without it, ``best.ckpt`` is used
-    (Dice unknown).
+    The finished folds (:func:`finished_folds`), then the folds with a ``best.ckpt`` but no
+    ``result.json`` (interrupted; Dice unknown).
     """
     if not run.is_dir():
         raise EnsembleError(f"--run {run}: not a folder")
-    ckpts: list[Path] = []
-    dices: list[float | None] = []
+    done = finished_folds(run)
+    ckpts: list[Path] = [ck for ck, _ in done.values()]
+    dices: list[float | None] = [d for _, d in done.values()]
     for fold in sorted(p for p in run.glob("fold*") if p.is_dir()):
-        res = fold / "result.json"
-        if res.is_file():
-            d = json.loads(res.read_text())
-            ck = Path(d["checkpoint"])
-            ckpts.append(ck if ck.is_absolute() and ck.is_file() else fold / ck.name)
-            dices.append(float(d["val_dice"]))
-        elif (fold / "best.ckpt").is_file():
+        if (fold / "result.json").is_file():
+            continue
+        if (fold / "best.ckpt").is_file():
             ckpts.append(fold / "best.ckpt")
             dices.append(None)
     if not ckpts:

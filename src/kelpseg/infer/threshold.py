@@ -57,15 +57,9 @@ class OofBatch:
 def fold_checkpoints(out: Path, folds: list[int] | None = None) -> dict[int, Path]:
     """``{fold: checkpoint}`` of every finished fold (``OUT/fold*/result.json``), or of
     ``folds`` only."""
-    found: dict[int, Path] = {}
-    for res in sorted(out.glob("fold*/result.json")):
-        info = json.loads(res.read_text())
-        if folds is not None and int(info["fold"]) not in folds:
-            continue
-        ckpt = Path(info["checkpoint"])
-        if not ckpt.is_file():  # the run folder was moved: the file sits next to result.json
-            ckpt = res.parent / ckpt.name
-        found[int(info["fold"])] = ckpt
+    from kelpseg.infer.ensemble import finished_folds
+
+    found = {f: ck for f, (ck, _) in finished_folds(out).items() if folds is None or f in folds}
     if not found:
         raise ThresholdError(f"{out}: no finished fold (fold*/result.json); run `kelpseg train`")
     return found
@@ -89,11 +83,9 @@ def _load_fold_model(ckpt: Path, device: str | None):
 
 def fold_dices(out: Path) -> dict[int, float]:
     """``{fold: val Dice}`` of every finished fold (``OUT/fold*/result.json``)."""
-    found: dict[int, float] = {}
-    for res in sorted(out.glob("fold*/result.json")):
-        info = json.loads(res.read_text())
-        found[int(info["fold"])] = float(info["val_dice"])
-    return found
+    from kelpseg.infer.ensemble import finished_folds
+
+    return {f: d for f, (_, d) in finished_folds(out).items()}
 
 
 def iter_oof(
@@ -377,14 +369,15 @@ def tune_threshold(
 def read_threshold(out: Path, members: int = 1, vote: str = "soft") -> float | None:
     """The tuned threshold of a run folder, or None when it was never tuned.
 
-    With ``members`` > 1 and an ``ensemble`` entry: the mean's threshold for a soft vote; for
-    a hard vote each member is cut, so the members' own (``member_threshold``).
+    With ``members`` > 1 and an ``ensemble`` entry tuned for that many members: the mean's
+    threshold for a soft vote; for a hard vote each member is cut, so the members' own
+    (``member_threshold``). Otherwise the single models' out-of-fold threshold.
     """
     path = out / THRESHOLD_FILE
     if not path.is_file():
         return None
     tuned = json.loads(path.read_text())
     ens = tuned.get("ensemble") if members > 1 else None
-    if not isinstance(ens, dict):
-        return float(tuned["threshold"])
+    if not isinstance(ens, dict) or len(ens.get("member_weights", {})) != members:
+        return float(tuned["threshold"])  # one model, or not the ensemble that was tuned
     return float(ens["member_threshold" if vote == "hard" else "threshold"])
