@@ -137,6 +137,15 @@ def test_prior_correction_and_importance(xgb_run):
     model = load_xgb(fold["checkpoint"])
     want = np.log(fold["kelp_pixels_available"] / fold["other_pixels_available"])
     assert float(model.booster.attr(PRIOR_ATTR)) == pytest.approx(want)
+    # and predict_proba applies it: sigmoid(the booster's margin + the prior offset)
+    from kelpseg.data.cache import open_cache
+
+    raw = np.asarray(open_cache(out / "cache").images[:2])
+    f = model.pixel_features(raw)
+    x = f.transpose(0, 2, 3, 1).reshape(-1, f.shape[1])
+    margin = np.asarray(model.booster.inplace_predict(x, predict_type="margin"))
+    expected = 1 / (1 + np.exp(-(margin.reshape(raw.shape[0], *raw.shape[2:]) + want)))
+    np.testing.assert_allclose(model.predict_proba(raw).numpy(), expected, rtol=1e-5, atol=1e-6)
     table = pd.read_csv(out / "xgb" / "importance.csv")
     assert set(table["feature"]) == set(model.channel_names) == {*m["features"]}
     assert table["gain_mean"].is_monotonic_decreasing and table["share"].sum() == pytest.approx(1)
