@@ -36,6 +36,14 @@ SetOpt = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override, e.g. train.max_epochs=3 (repeatable)."),
 ]
+ModelsOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--model", "-m", help="A member checkpoint; repeat for an ensemble."),
+]
+RunOpt = Annotated[
+    Path | None,
+    typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
+]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit non-zero on any bad file.")]
 ResumeOpt = Annotated[
     bool,
@@ -491,14 +499,8 @@ def predict(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Output folder (may be an input folder).")
     ] = Path("predictions"),
-    model: Annotated[
-        list[Path] | None,
-        typer.Option("--model", "-m", help="A member checkpoint; repeat for an ensemble."),
-    ] = None,
-    run: Annotated[
-        Path | None,
-        typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
-    ] = None,
+    model: ModelsOpt = None,
+    run: RunOpt = None,
     weights: Annotated[
         str | None,
         typer.Option(
@@ -902,14 +904,8 @@ def map_cmd(
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="MAPS folder.")] = Path("maps"),
-    model: Annotated[
-        list[Path] | None,
-        typer.Option("--model", "-m", help="A member checkpoint; repeat for an ensemble."),
-    ] = None,
-    run: Annotated[
-        Path | None,
-        typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
-    ] = None,
+    model: ModelsOpt = None,
+    run: RunOpt = None,
     dem: Annotated[
         Path | None, typer.Option(help="DEM GeoTIFF for scene folders (any CRS).")
     ] = None,
