@@ -159,7 +159,11 @@ def test_local_study_writes_a_trainable_best_config(tiny_data, tmp_path) -> None
     untouched = ("model", "data", "split", "groups", "augment")
     assert all(getattr(cfg, s) == getattr(base, s) for s in untouched)
     assert cfg.tracking.uri is None  # not pinned to the tune folder's store
-    assert (out / "trials" / "0000" / "fold0" / "best.ckpt").exists()
+    # only the best trial keeps checkpoints (study.keep_checkpoints: best)
+    other = int(trials.loc[trials["value"].idxmin(), "number"])
+    assert (out / "trials" / f"{int(best['number']):04d}" / "fold0" / "best.ckpt").exists()
+    assert not list((out / "trials" / f"{other:04d}").rglob("*.ckpt"))
+    assert (out / "trials" / f"{other:04d}" / "fold0").is_dir()  # the rest of the trial stays
 
     for name in ("parallel_coordinate", "param_importances", "optimization_history"):
         png = out / f"{name}.png"
@@ -214,6 +218,34 @@ def test_a_trial_forced_bad_is_pruned(tiny_data, tmp_path) -> None:
     assert runs.loc["1", "status"] == "KILLED"
     assert "param_importances.png: needs 2 complete trials, have 1" in res.skipped_plots
     assert load_config(res.best_yaml).predict.threshold == 1.0e-6
+    assert list((out / "trials" / "0000").rglob("*.ckpt"))  # the best trial keeps its own
+    assert not list((out / "trials" / "0001").rglob("*.ckpt"))  # the pruned one does not
+
+
+@pytest.mark.parametrize(
+    ("keep", "left"),
+    [("best", {"0001", "0003"}), ("none", {"0003"}), ("all", {"0000", "0001", "0002", "0003"})],
+)
+def test_drop_checkpoints_keeps_the_best_and_never_touches_running_trials(
+    tmp_path, keep: str, left: set[str]
+) -> None:
+    from kelpseg.tune.study import drop_checkpoints
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.2, 0.7):
+        study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=value))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED))
+    study.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING))
+    for n in range(4):
+        fold = tmp_path / "trials" / f"{n:04d}" / "fold0"
+        fold.mkdir(parents=True)
+        (fold / "best.ckpt").write_bytes(b"x")
+        (fold / "last.ckpt").symlink_to("best.ckpt")
+        (fold / "config.yaml").write_text("{}")
+    drop_checkpoints(study, tmp_path, keep)
+    kept = {p.parent.parent.name for p in (tmp_path / "trials").rglob("best.ckpt")}
+    assert kept == left
+    assert len(list((tmp_path / "trials").rglob("config.yaml"))) == 4
 
 
 def test_cli_refuses_a_bad_space_before_any_work(tmp_path) -> None:

@@ -128,6 +128,10 @@ class StudySettings(_Strict):
     )
     prune_warmup_epochs: int = Field(1, ge=0, description="median: epochs never pruned.")
     monitor: str = Field("val/dice", description="Metric reported each epoch (maximized).")
+    keep_checkpoints: Literal["best", "all", "none"] = Field(
+        "best",
+        description="Trial checkpoints kept once trials end: the best trial's, all, or none.",
+    )
 
 
 class SearchSpace(_Strict):

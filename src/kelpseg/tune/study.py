@@ -126,6 +126,33 @@ def done(study: optuna.Study, total: int) -> bool:
     return started >= total and TrialState.WAITING not in states
 
 
+def drop_checkpoints(study: optuna.Study, out: Path, keep: str) -> int:
+    """Delete the ``*.ckpt`` of ended trials under ``out/trials``: all but the best trial's
+    (``keep="best"``), all (``"none"``) or none (``"all"``). Running and waiting trials, which
+    may belong to other workers, are never touched. Returns the files deleted."""
+    if keep == "all" or not (out / "trials").is_dir():
+        return 0
+    ended = {
+        t.number
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    }
+    best = None
+    if keep == "best":
+        try:
+            best = study.best_trial.number
+        except ValueError:  # no complete trial yet
+            best = None
+    deleted = 0
+    for folder in (out / "trials").iterdir():
+        if not folder.name.isdigit() or int(folder.name) not in ended or int(folder.name) == best:
+            continue
+        for ckpt in folder.rglob("*.ckpt"):
+            ckpt.unlink(missing_ok=True)
+            deleted += 1
+    return deleted
+
+
 def parent_run(base: Config, out: Path, study: optuna.Study, space_file: Path) -> str:
     """The study's MLflow run (found by tag in the tracking store, else created)."""
     from kelpseg.train.fit import experiment
@@ -200,6 +227,7 @@ def tune(
     def stop_when_done(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         failed = trial.state == TrialState.FAIL and not trial.user_attrs.get("surplus")
         objective.failures_in_a_row = objective.failures_in_a_row + 1 if failed else 0
+        drop_checkpoints(study, out, space.study.keep_checkpoints)
         if done(study, trials):
             study.stop()
         elif objective.failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
