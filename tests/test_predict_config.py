@@ -134,6 +134,15 @@ def test_onnx_backend_gives_the_torch_masks(setup, tmp_path: Path) -> None:
         o_mask = _read(tmp_path / "o" / f"{name}_kelp.tif")
         near = np.abs(np.nan_to_num(torch_p) - 0.5) < 1e-4  # a tie may fall either side
         assert np.array_equal(t_mask[~near], o_mask[~near])
+    # the same pipeline as torch: a rerun keeps what this model and these settings made
+    again = ["predict", "--backend", "onnx", str(onnx), str(tiles), "-o", str(tmp_path / "o")]
+    assert "3 kept from an earlier run" in _ok([*again, "--probabilities"])
+    assert "kept" not in _ok([*again, "--probabilities", "--threshold", "0.3"])
+    u8 = _ok([*again, "--probabilities", "--proba-format", "uint8", "--overwrite"])
+    assert "kept" not in u8
+    with rasterio.open(tmp_path / "o" / "T0_proba.tif") as src:
+        assert src.dtypes[0] == "uint8" and src.nodata == 255
+        assert src.tags()["fingerprint"]
     # postprocessing applies on the onnx path too
     n = ["--set", "postprocess.min_object_px=100000"]
     _ok(["predict", "--backend", "onnx", str(onnx), str(tiles), "-o", str(tmp_path / "p"), *n])

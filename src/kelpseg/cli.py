@@ -633,7 +633,7 @@ def predict(
         _predict_onnx(ckpts, items, out, config, set_, strict, threshold, batch_size,
                       dict(weights=weights, vote=vote, precision=precision, tta=tta,
                            probabilities=probabilities, proba_format=proba_format,
-                           spread=spread))  # fmt: skip
+                           spread=spread), overwrite=overwrite)  # fmt: skip
         return
     try:
         models = [load_model(c) for c in ckpts]  # every member is checked before any work
@@ -697,9 +697,10 @@ def _predict_onnx(
     threshold: float | None,
     batch_size: int | None,
     flags: dict,
+    overwrite: bool = True,
 ) -> None:
     """``predict --backend onnx``: one exported model on onnxruntime; the settings it does not
-    have (ensembles, TTA, reduced precision, uint8 probabilities, spread) are refused."""
+    have (ensembles, TTA, reduced precision, spread) are refused."""
     from kelpseg.config import Config, with_overrides
     from kelpseg.infer.onnx_export import ExportError, OnnxModel, predict_tiles_onnx
 
@@ -717,7 +718,7 @@ def _predict_onnx(
         raise typer.Exit(2) from err
     pc = cfg.predict
     chosen = {k: v if v is not None else getattr(pc, k) for k, v in flags.items()}
-    supported = {"vote": "soft", "tta": "none", "proba_format": "float32", "spread": False}
+    supported = {"vote": "soft", "tta": "none", "spread": False}
     for key, ok in supported.items():
         if chosen[key] != ok:
             flag = "--" + key.replace("_", "-")
@@ -736,11 +737,14 @@ def _predict_onnx(
             batch_size=batch_size if batch_size is not None else pc.batch_size,
             probabilities=bool(chosen["probabilities"]),
             postprocess=cfg.postprocess,
+            proba_format=chosen["proba_format"],
+            overwrite=overwrite,
         )
         res.report.finish(strict=strict)
     except (ExportError, NothingValidError, ValueError) as err:
         _fail(err)
-    typer.echo(f"{len(res.masks)} masks (threshold {res.threshold}, onnx) -> {out}")
+    reused = f", {res.reused} kept from an earlier run" if res.reused else ""
+    typer.echo(f"{len(res.masks)} masks (threshold {res.threshold}, onnx{reused}) -> {out}")
 
 
 @app.command()

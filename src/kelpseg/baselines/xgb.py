@@ -45,10 +45,9 @@ from tqdm.auto import tqdm
 from kelpseg.config import Config, dump_config, load_config
 from kelpseg.data.cache import PackedTiles
 from kelpseg.features.pipeline import FeatureBuilder, water_mask
-from kelpseg.io import BatchReport, TileError, write_raster
-from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX
+from kelpseg.io import BatchReport
 from kelpseg.io.raster import atomic_output, atomic_write_text
-from kelpseg.io.tiles import MASK_NODATA, missing_pixels, read_tile_georef
+from kelpseg.io.tiles import missing_pixels
 from kelpseg.metrics import Counts
 
 MODEL_FILE = "model.json"
@@ -324,35 +323,31 @@ def predict_items(
     probabilities: bool = False,
 ) -> tuple[dict[str, Path], BatchReport]:
     """``{id}_kelp.tif`` (uint8 0/1, 255 where the input is missing, georeference kept) per
-    ``(tile_id, path)``; with ``probabilities`` also ``{id}_proba.tif`` (float32, NaN nodata).
-    A tile that cannot be read is reported and skipped."""
+    ``(tile_id, path)``; with ``probabilities`` also ``{id}_proba.tif`` (the config's
+    ``predict.proba_format``). The networks' pipeline (:mod:`kelpseg.infer.pipeline`): a tile
+    that cannot be read is reported and skipped, writes are atomic."""
     from kelpseg.data.dem_shift import correct_dem
-    from kelpseg.infer.predict import write_proba
+    from kelpseg.infer import pipeline
 
-    out.mkdir(parents=True, exist_ok=True)
-    report = BatchReport("xgb predict")
-    masks: dict[str, Path] = {}
-    for tile_id, path in tqdm(items, desc="xgb predict", leave=False):
-        try:
-            raw, georef = read_tile_georef(path)
-        except TileError as err:
-            report.add(err)
-            continue
-        missing = missing_pixels(raw)
-        if model.cfg.data.correct_dem_shift:
-            raw = correct_dem(raw)  # as the cached training tiles were
-        p = model.predict_proba(raw[None]).numpy()[0]
-        tags = {"threshold": str(threshold), "source": Path(path).name, "model": "xgboost"}
-        if probabilities:
-            fmt = model.cfg.predict.proba_format
-            write_proba(out / f"{tile_id}{PROBA_SUFFIX}", p, missing, georef, tags, fmt)
-        mask = (p >= threshold).astype(np.uint8)
-        mask[missing] = MASK_NODATA
-        masks[tile_id] = write_raster(
-            out / f"{tile_id}{KELP_SUFFIX}", mask, georef=georef, nodata=MASK_NODATA, tags=tags
-        )
-        report.ok += 1
-    return masks, report
+    def engine(raw: np.ndarray) -> tuple[torch.Tensor, None]:
+        if model.cfg.data.correct_dem_shift:  # as the cached training tiles were
+            raw = np.stack([correct_dem(r) for r in raw])
+        return model.predict_proba(raw), None
+
+    fmt = model.cfg.predict.proba_format
+    outputs = pipeline.Outputs(
+        threshold=threshold, cut=threshold, probabilities=probabilities, proba_format=fmt
+    )
+    settings = {"model": "xgboost", "threshold": threshold, "proba_format": fmt}
+    res = pipeline.run(
+        engine,
+        items,
+        out,
+        outputs,
+        batch_size=model.cfg.predict.batch_size,
+        fingerprint=pipeline.fingerprint([bytes(model.booster.save_raw())], settings),
+    )
+    return res.masks, res.report
 
 
 def log_runs(cfg: Config, out: Path, folder: Path, results: dict[int, XgbFold]) -> None:

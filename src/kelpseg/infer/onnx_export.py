@@ -13,15 +13,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from kelpseg.io.tiles import MASK_NODATA
 
 OPSET = 17
 META_CONFIG = "kelpseg_config"
@@ -238,15 +234,32 @@ class OnnxModel:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: raw})[0]
 
 
-@dataclass
-class OnnxPredictResult:
-    """Written masks by tile id, band-order warnings, the batch report and settings used."""
+class OnnxEngine:
+    """A prediction engine (:data:`kelpseg.infer.pipeline.Engine`) on an exported model: the
+    DEM shift is undone on the host as in training (when the model's config asks), the rest
+    happens in the graph."""
 
-    masks: dict[str, Path]
-    report: Any
-    warnings: dict[str, str]
-    threshold: float
-    batch_size: int
+    def __init__(self, model: OnnxModel) -> None:
+        from kelpseg.data.dem_shift import correct_dem
+
+        self.model = model
+        self.correct = bool(model.config.get("data", {}).get("correct_dem_shift", True))
+        self._fix = correct_dem
+
+    def __call__(self, raw: np.ndarray) -> tuple[np.ndarray, None]:
+        if self.correct:
+            raw = np.stack([self._fix(r) for r in raw])
+        return self.model.predict_proba(raw), None
+
+    def accept(self, raw: np.ndarray, path: Path) -> None:
+        """A tile of another side than the exported one is refused, naming it."""
+        from kelpseg.io import TileError
+
+        side = self.model.tile_size
+        if raw.shape[-2:] != (side, side):
+            raise TileError(
+                path, f"{raw.shape[-2]}x{raw.shape[-1]} px; this ONNX model takes {side}x{side}"
+            )
 
 
 def predict_tiles_onnx(
@@ -257,96 +270,56 @@ def predict_tiles_onnx(
     batch_size: int | None = None,
     probabilities: bool = False,
     postprocess: Any = None,
-) -> OnnxPredictResult:
+    *,
+    proba_format: str = "float32",
+    overwrite: bool = True,
+) -> Any:
     """:func:`kelpseg.infer.predict.predict_tiles` on an exported model (onnxruntime).
 
-    Same outputs: ``{id}_kelp.tif`` uint8 (255 nodata where the input is missing) and, when
-    asked, ``{id}_proba.tif`` float32 (NaN there), each keeping its input's georeference. A
+    The same pipeline (:mod:`kelpseg.infer.pipeline`) and outputs: ``{id}_kelp.tif`` uint8
+    (255 nodata where the input is missing) and, when asked, ``{id}_proba.tif`` (float32 with
+    NaN there, or uint8), each keeping its input's georeference; atomic writes, and with
+    ``overwrite=False`` a rerun keeps the tiles this model and these settings already made. A
     tile whose side differs from the exported one is reported (naming it) and skipped.
     ``postprocess`` (a :class:`kelpseg.config.PostprocessConfig`) turns probabilities into
-    masks as in ``predict_tiles``.
+    masks as in ``predict_tiles``. Returns a :class:`kelpseg.infer.pipeline.PredictResult`.
 
     Raises:
         ValueError: a threshold outside [0, 1], a batch size below 1, duplicate tile ids.
         ExportError: the file is not a kelpseg ONNX model.
     """
     from kelpseg.config import PostprocessConfig
-    from kelpseg.data.dem_shift import correct_dem
-    from kelpseg.infer.postprocess import apply as postprocess_mask
-    from kelpseg.io import BatchReport, TileError, write_raster
-    from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids
-    from kelpseg.io.plausibility import check_band_order
-    from kelpseg.io.tiles import missing_pixels, read_tile_georef
+    from kelpseg.infer import pipeline
 
     model = OnnxModel(model_path)
     threshold = model.threshold if threshold is None else float(threshold)
     batch_size = model.batch_size if batch_size is None else int(batch_size)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    dups = duplicate_ids(items)
-    if dups:
-        raise ValueError(dups)
-    res = OnnxPredictResult({}, BatchReport("predict"), {}, threshold, batch_size)
-    out.mkdir(parents=True, exist_ok=True)
-    correct = bool(model.config.get("data", {}).get("correct_dem_shift", True))
-    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Any, np.ndarray]] = []
+    pipeline.check_settings(threshold, batch_size)
+    if proba_format not in pipeline.PROBA_FORMATS:
+        raise ValueError(f"proba format must be float32 or uint8, got {proba_format!r}")
     post = postprocess if postprocess is not None and postprocess != PostprocessConfig() else None
-
-    def flush() -> None:
-        if not pending:
-            return
-        proba = model.predict_proba(np.stack([p[2] for p in pending]))
-        for (tile_id, path, _, missing, georef, orig), p in zip(pending, proba, strict=True):
-            if post is not None:
-                mask = postprocess_mask(p, orig, post, threshold)
-            else:
-                mask = (p >= threshold).astype(np.uint8)
-                mask[missing] = MASK_NODATA
-            tags = {"threshold": str(threshold), "source": path.name}
-            res.masks[tile_id] = write_raster(
-                out / f"{tile_id}{KELP_SUFFIX}",
-                mask,
-                georef=georef,
-                nodata=MASK_NODATA,
-                tags=tags,
-            )
-            if probabilities:
-                p = p.astype(np.float32)
-                p[missing] = np.nan
-                write_raster(
-                    out / f"{tile_id}{PROBA_SUFFIX}",
-                    p,
-                    georef=georef,
-                    nodata=float("nan"),
-                    band_names=["kelp_probability"],
-                    tags={"source": path.name},
-                )
-            res.report.ok += 1
-        pending.clear()
-
-    side = model.tile_size
-    for tile_id, path in items:
-        try:
-            raw, georef = read_tile_georef(path)
-            if raw.shape[-2:] != (side, side):
-                raise TileError(
-                    path, f"{raw.shape[-2]}x{raw.shape[-1]} px; this ONNX model takes {side}x{side}"
-                )
-        except TileError as err:
-            res.report.add(err)
-            continue
-        warning = check_band_order(raw)
-        if warning:
-            res.warnings[tile_id] = warning
-            print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
-        missing = missing_pixels(raw)
-        orig = raw
-        if correct:
-            raw = correct_dem(raw)
-        if len(pending) >= batch_size:
-            flush()
-        pending.append((tile_id, path, raw, missing, georef, orig))
-    flush()
-    return res
+    settings: dict[str, Any] = {
+        "backend": "onnx",
+        "threshold": threshold,
+        "proba_format": proba_format,
+    }
+    if post is not None:
+        settings["postprocess"] = post.model_dump()
+    engine = OnnxEngine(model)
+    outputs = pipeline.Outputs(
+        threshold=threshold,
+        cut=threshold,
+        probabilities=probabilities,
+        proba_format=proba_format,
+        postprocess=post,
+    )
+    return pipeline.run(
+        engine,
+        items,
+        out,
+        outputs,
+        batch_size=batch_size,
+        fingerprint=pipeline.fingerprint([model.path.read_bytes()], settings),
+        overwrite=overwrite,
+        accept=engine.accept,
+    )

@@ -9,14 +9,6 @@ probabilities. A bad input file is reported and skipped; the batch goes on.
 from __future__ import annotations
 
 import copy
-import hashlib
-import itertools
-import json
-import os
-import sys
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +17,29 @@ from kelpseg.compat import ensure_torchvision
 ensure_torchvision()
 
 import numpy as np  # noqa: E402
-import rasterio  # noqa: E402
 import torch  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
 
 from kelpseg.config import PostprocessConfig  # noqa: E402
 from kelpseg.data.dem_shift import correct_dem  # noqa: E402
+from kelpseg.infer import pipeline  # noqa: E402
 from kelpseg.infer.members import Members  # noqa: E402
-from kelpseg.infer.postprocess import apply as postprocess_mask  # noqa: E402
-from kelpseg.io import BatchReport, Georef, TileError, write_raster  # noqa: E402
-from kelpseg.io.discover import KELP_SUFFIX, PROBA_SUFFIX, duplicate_ids  # noqa: E402
-from kelpseg.io.plausibility import check_band_order  # noqa: E402
-from kelpseg.io.tiles import MASK_NODATA, missing_pixels, read_tile_georef  # noqa: E402
+from kelpseg.infer.pipeline import (  # noqa: E402, F401 (re-exported)
+    PROBA_FORMATS,
+    PROBA_U8_NODATA,
+    SPREAD_SUFFIX,
+    Outputs,
+    PredictResult,
+    check_settings,
+    fingerprint,
+    io_threads,
+    write_proba,
+)
 from kelpseg.train.module import KelpSegModule  # noqa: E402
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used for prediction, with the file and the problem named."""
-
-
-@dataclass
-class PredictResult:
-    """Written masks by tile id, the band-order warnings by tile id, and the batch report."""
-
-    masks: dict[str, Path] = field(default_factory=dict)
-    report: BatchReport = field(default_factory=lambda: BatchReport("predict"))
-    warnings: dict[str, str] = field(default_factory=dict)
-    threshold: float = 0.5
-    batch_size: int = 8
-    reused: int = 0
 
 
 def _checkpoint_config(path: Path, ckpt: Any) -> dict[str, Any]:
@@ -122,17 +107,7 @@ def load_model(checkpoint: str | Path, device: str | None = None) -> KelpSegModu
     return model.eval().to(dev)
 
 
-def _check_settings(threshold: float, batch_size: int) -> None:
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    if batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {batch_size}")
-
-
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-PROBA_FORMATS = ("float32", "uint8")
-PROBA_U8_NODATA = 255
-SPREAD_SUFFIX = "_spread.tif"
 
 
 def default_precision(device: torch.device) -> str:
@@ -140,62 +115,6 @@ def default_precision(device: torch.device) -> str:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
-
-
-def _fingerprint(models: list[KelpSegModule], settings: dict[str, Any]) -> str:
-    """A short hash of the members' weights and the settings: reruns reuse only matching files."""
-    h = hashlib.sha1(json.dumps(settings, sort_keys=True).encode())
-    for m in models:
-        for t in m.state_dict().values():
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _complete(paths: list[Path], fingerprint: str) -> bool:
-    """Every file is there, reads back, and was written with the same models and settings."""
-    try:
-        for path in paths:
-            with rasterio.open(path) as src:
-                if src.tags().get("fingerprint") != fingerprint:
-                    return False
-                src.read()
-    except Exception:  # missing, truncated or not a raster: redo it
-        return False
-    return True
-
-
-def write_proba(
-    path: Path,
-    p: np.ndarray,
-    missing: np.ndarray,
-    georef: Georef,
-    tags: dict[str, str],
-    fmt: str = "float32",
-) -> Path:
-    """A probability map: float32 with NaN nodata, or uint8 ``p * 254`` with 255 nodata."""
-    if fmt == "uint8":
-        q = np.rint(np.clip(p, 0, 1) * 254).astype(np.uint8)
-        q[missing] = PROBA_U8_NODATA
-        return write_raster(
-            path,
-            q,
-            georef=georef,
-            nodata=PROBA_U8_NODATA,
-            band_names=["kelp_probability_x254"],
-            tags={**tags, "scale": str(1 / 254)},
-        )
-    pf = p.astype(np.float32)
-    pf[missing] = np.nan
-    return write_raster(
-        path, pf, georef=georef, nodata=float("nan"), band_names=["kelp_probability"], tags=tags
-    )
-
-
-def io_threads() -> int:
-    """Reader (and writer) threads of the prediction pipeline: half the CPUs, 2 to 8. Reading,
-    decoding and checking a 350 px tile costs a few ms of CPU (GDAL and numpy release the GIL),
-    so on a GPU host two threads would cap the pipeline near 200 tiles/s."""
-    return max(2, min(8, (os.cpu_count() or 2) // 2))
 
 
 def predict_tiles(
@@ -252,7 +171,7 @@ def predict_tiles(
     first = models[0]
     threshold = first.cfg.predict.threshold if threshold is None else float(threshold)
     batch_size = first.cfg.predict.batch_size if batch_size is None else int(batch_size)
-    _check_settings(threshold, batch_size)
+    check_settings(threshold, batch_size)
     if vote not in ("soft", "hard"):
         raise ValueError(f"vote must be soft or hard, got {vote!r}")
     if tta not in TTA_MODES:
@@ -266,11 +185,6 @@ def predict_tiles(
     if any(next(m.parameters()).device != device for m in models):
         raise ValueError("all models of an ensemble must be on one device")
     w = member_weights(len(models), None if weights is None else list(map(float, weights)))
-    dups = duplicate_ids(items)
-    if dups:
-        raise ValueError(dups)
-    result = PredictResult(threshold=threshold, batch_size=batch_size)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {
         "threshold": threshold,
         "weights": [float(v) for v in w],
@@ -283,17 +197,7 @@ def predict_tiles(
     post = postprocess if postprocess is not None and postprocess != PostprocessConfig() else None
     if post is not None:
         settings["postprocess"] = post.model_dump()
-    fingerprint = _fingerprint(models, settings)
     spread = spread and len(models) > 1
-
-    def outputs(tile_id: str) -> list[Path]:
-        paths = [out / f"{tile_id}{KELP_SUFFIX}"]
-        if probabilities:
-            paths.append(out / f"{tile_id}{PROBA_SUFFIX}")
-        if spread:
-            paths.append(out / f"{tile_id}{SPREAD_SUFFIX}")
-        return paths
-
     engine = Members(
         models,
         w,
@@ -305,111 +209,26 @@ def predict_tiles(
         slices=slices,
         dem_fix=correct_dem,
     )
-    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Georef]] = []
-
-    def write_one(
-        tile_id: str,
-        path: Path,
-        p: np.ndarray,
-        sd_in: np.ndarray | None,
-        missing: np.ndarray,
-        georef: Georef,
-        raw: np.ndarray,
-    ) -> Path:
-        cut = 0.5 if vote == "hard" else threshold
-        if post is not None:
-            mask = postprocess_mask(p, raw, post, cut)
-        else:
-            mask = (p >= cut).astype(np.uint8)
-            mask[missing] = MASK_NODATA
-        tags = {"threshold": str(threshold), "source": path.name, "fingerprint": fingerprint}
-        if len(models) > 1:
-            tags["members"] = str(len(models))
-        if probabilities:
-            write_proba(out / f"{tile_id}{PROBA_SUFFIX}", p, missing, georef, tags, proba_format)
-        if sd_in is not None:
-            sd = sd_in.astype(np.float32)
-            sd[missing] = np.nan
-            write_raster(
-                out / f"{tile_id}{SPREAD_SUFFIX}",
-                sd,
-                georef=georef,
-                nodata=float("nan"),
-                band_names=["member_std"],
-                tags=tags,
-            )
-        # the mask last: its presence (with the fingerprint) marks the tile done
-        return write_raster(
-            out / f"{tile_id}{KELP_SUFFIX}",
-            mask,
-            georef=georef,
-            nodata=MASK_NODATA,
-            tags=tags,
-        )
-
-    def flush() -> None:
-        if not pending:
-            return
-        mean, std = engine(np.stack([p[2] for p in pending]))
-        mean_np = mean.cpu().numpy()
-        std_np = std.cpu().numpy() if std is not None else None
-        for i, (tile_id, path, raw, missing, georef) in enumerate(pending):
-            sd = std_np[i] if std_np is not None else None
-            args = (tile_id, path, mean_np[i], sd, missing, georef, raw)
-            writes.append((tile_id, writer.submit(write_one, *args)))
-        pending.clear()
-        while len(writes) > 2 * batch_size:
-            finish_write()
-
-    def finish_write() -> None:
-        tile_id, fut = writes.popleft()
-        result.masks[tile_id] = fut.result()
-        result.report.ok += 1
-
-    def load(tile_id: str, path: Path) -> tuple[Any, ...]:
-        """Runs in a reader thread: reuse marker, the read tile, or the TileError."""
-        if not overwrite and _complete(outputs(tile_id), fingerprint):
-            return ("reused",)
-        try:
-            raw, georef = read_tile_georef(path)
-        except TileError as err:
-            return ("error", err)
-        return ("tile", raw, georef, check_band_order(raw), missing_pixels(raw))
-
-    writes: deque[tuple[str, Future[Path]]] = deque()
-    ahead = 2 * batch_size
-    for stale in out.glob(".*.tif.*.tmp"):  # left by a killed run (ours are written later)
-        stale.unlink(missing_ok=True)
-    pool = io_threads()
-    with ThreadPoolExecutor(pool) as readers, ThreadPoolExecutor(pool) as writer:
-        queue: deque[tuple[str, Path, Future[tuple[Any, ...]]]] = deque()
-        todo = iter(items)
-        for tile_id, path in itertools.islice(todo, ahead):
-            queue.append((tile_id, path, readers.submit(load, tile_id, path)))
-        bar = tqdm(total=len(items), desc="predict", leave=False)
-        while queue:
-            tile_id, path, fut = queue.popleft()
-            for nxt in itertools.islice(todo, 1):
-                queue.append((*nxt, readers.submit(load, *nxt)))
-            got = fut.result()
-            bar.update()
-            if got[0] == "reused":
-                result.masks[tile_id] = out / f"{tile_id}{KELP_SUFFIX}"
-                result.reused += 1
-                result.report.ok += 1
-                continue
-            if got[0] == "error":
-                result.report.add(got[1])
-                continue
-            _, raw, georef, warning, missing = got
-            if warning:
-                result.warnings[tile_id] = warning
-                print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
-            if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
-                flush()
-            pending.append((tile_id, path, raw, missing, georef))
-        flush()
-        bar.close()
-        while writes:
-            finish_write()
-    return result
+    weights_bytes = (
+        t.detach().cpu().contiguous().numpy().tobytes()
+        for m in models
+        for t in m.state_dict().values()
+    )
+    outputs = Outputs(
+        threshold=threshold,
+        cut=0.5 if vote == "hard" else threshold,
+        probabilities=probabilities,
+        proba_format=proba_format,
+        spread=spread,
+        postprocess=post,
+        members=len(models),
+    )
+    return pipeline.run(
+        engine,
+        items,
+        out,
+        outputs,
+        batch_size=batch_size,
+        fingerprint=fingerprint(weights_bytes, settings),
+        overwrite=overwrite,
+    )
