@@ -135,6 +135,32 @@ def test_result_does_not_depend_on_band_rows_or_batch(model: KelpSegModule) -> N
     assert 0 < a.min() <= a.max() < 1
 
 
+def test_windows_without_valid_pixels_are_not_predicted(model: KelpSegModule) -> None:
+    """A fill collar (here a missing triangle, as a rotated Landsat footprint leaves) costs no
+    forward pass, and no valid pixel's probability changes."""
+    raw = _raster(h=256, w=256, seed=4)
+    yy, xx = np.mgrid[:256, :256]
+    collar = xx + yy < 200
+    raw[:, collar] = -32768
+    seen: list[np.ndarray] = []
+
+    class Spy(Members):
+        def __call__(self, raw_np: np.ndarray):
+            seen.extend(raw_np)
+            return super().__call__(raw_np)
+
+    engine = Spy([model], [1.0])
+    skipped, _ = _blend(engine, raw, batch_size=4)
+    assert seen and not any((w[:5] == -32768).all() for w in seen)
+    n_skip = len(seen)
+    seen.clear()
+    every, _ = _blend(engine, raw, batch_size=4, skip_empty=False)
+    assert len(seen) > n_skip  # some windows lay in the collar
+    valid = ~collar
+    np.testing.assert_allclose(skipped[valid], every[valid], rtol=0, atol=1e-6)
+    assert np.isfinite(skipped).all()
+
+
 def test_bands_hold_finished_rows_only_and_stay_bounded(model: KelpSegModule) -> None:
     raw = _raster(h=400, w=70, seed=3)
     bands = list(

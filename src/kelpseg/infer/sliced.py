@@ -12,7 +12,9 @@ touch: finished rows are handed on as :class:`Band` s (read window by window, wr
 band), so peak memory depends on the window, batch and raster width, not on the raster's height.
 
 Features are computed per window, as in training: per-sample normalization and ``fill: min``
-see one window, not the scene.
+see one window, not the scene. A window with no valid pixel (a Landsat scene's fill collar,
+a quarter of a WRS-2 scene) is not sent to the model: every window that touches a valid pixel
+still is, so no valid pixel's probability changes.
 
 :func:`sahi` is the SAHI-style option on the same blending: each input is cut into overlapping
 slices of ``1/slices`` of its side, up-sampled (nearest) to the input's size before the model,
@@ -140,6 +142,7 @@ def predict_sliced(
     batch_size: int = 8,
     band_rows: int = 0,
     progress: bool = True,
+    skip_empty: bool = True,
 ) -> Iterator[Band]:
     """Blended ensemble probabilities of a raster, yielded as finished row bands, top to bottom.
 
@@ -152,6 +155,8 @@ def predict_sliced(
         band_rows: Hold finished rows until at least this many are ready (0: hand on every
             finished row at once); the result does not depend on it, only the memory does.
         progress: Show a progress bar over windows.
+        skip_empty: Do not predict windows without a valid pixel (their pixels, all missing,
+            get probability 0).
     """
     overlap = default_overlap(window) if overlap is None else int(overlap)
     if window < 1 or not 0 <= overlap < window:
@@ -179,7 +184,7 @@ def predict_sliced(
     def take(done: int) -> Band:
         nonlocal top, acc_w, acc_p, acc_s
         n = done - top
-        wsum = acc_w[:n]
+        wsum = np.where(acc_w[:n] > 0, acc_w[:n], 1.0)  # 0 only under skipped windows
         mean = acc_p[:n] / wsum
         std = acc_s[:n] / wsum if acc_s is not None else None
         band = Band(top, source.read(top, 0, n, W), mean, std)
@@ -190,15 +195,23 @@ def predict_sliced(
         return band
 
     bar = tqdm(total=len(wins), desc="map", unit="win", leave=False, disable=not progress)
+    skipped = 0
     for start in range(0, len(wins), batch_size):
         batch = wins[start : start + batch_size]
         raw = np.stack([source.read(r, c, window, window) for r, c in batch])
-        mean, std = engine(raw)
-        mean_np = mean.float().cpu().numpy()
-        std_np = std.float().cpu().numpy() if std is not None else None
-        for i, (r, c) in enumerate(batch):
+        keep = [not (skip_empty and missing_pixels(x).all()) for x in raw]
+        if any(keep):
+            mean, std = engine(raw[keep])
+            mean_np = mean.float().cpu().numpy()
+            std_np = std.float().cpu().numpy() if std is not None else None
+        skipped += len(batch) - sum(keep)
+        j = 0  # index into the predicted windows
+        for (r, c), kept in zip(batch, keep, strict=True):
             h, w = min(window, H - r), min(window, W - c)
             grow(r + h)
+            if not kept:
+                continue
+            i, j = j, j + 1
             ww = weight[:h, :w]
             sl = np.s_[r - top : r - top + h, c : c + w]
             acc_w[sl] += ww
@@ -206,6 +219,8 @@ def predict_sliced(
             if acc_s is not None and std_np is not None:
                 acc_s[sl] += ww * std_np[i, :h, :w]
         bar.update(len(batch))
+        if skipped:
+            bar.set_postfix(empty=skipped, refresh=False)
         nxt = start + batch_size
         done = wins[nxt][0] if nxt < len(wins) else H
         if done > top and (done == H or done - top >= max(band_rows, 1)):
