@@ -43,7 +43,7 @@ def main() -> None:
     if args.host_only:
         from kelpseg.infer import members
 
-        def constant(self, raw):
+        def constant(self, raw, fixed=None):
             b, _, h, w = raw.shape
             return torch.full((b, h, w), 0.25, device=self.device), None
 

@@ -389,6 +389,40 @@ def test_rerun_skips_complete_outputs_and_overwrite_redoes_them(ckpt: Path, tmp_
     assert "kept" not in fourth.stdout
 
 
+def test_dem_correction_runs_in_reader_threads_with_the_same_result(
+    module: KelpSegModule, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-tile DEM realignment is host work: the pipeline runs it in its reader threads,
+    never on the thread that drives the model, and the masks are those of the engine alone."""
+    import threading
+
+    import kelpseg.infer.predict as predict_mod
+    from kelpseg.data.dem_shift import correct_dem
+    from kelpseg.infer.members import Members
+
+    threads: set[str] = set()
+
+    def spy(raw: np.ndarray) -> np.ndarray:
+        threads.add(threading.current_thread().name)
+        return correct_dem(raw)
+
+    monkeypatch.setattr(predict_mod, "correct_dem", spy)
+    tiles = _tile_folder(tmp_path / "tiles", 5)
+    res = predict_tiles(module, [(p.stem[:3], p) for p in sorted(tiles.iterdir())],
+                        tmp_path / "o", probabilities=True, batch_size=2)  # fmt: skip
+    assert res.report.ok == 5
+    assert threads and threading.main_thread().name not in threads
+    engine = Members([module], [1.0], dem_fix=correct_dem)
+    for p in sorted(tiles.iterdir()):
+        with rasterio.open(p) as src:
+            raw = src.read()
+        want = engine(raw[None])[0][0].numpy()
+        with rasterio.open(tmp_path / "o" / f"{p.stem[:3]}_proba.tif") as src:
+            got = src.read(1)
+        ok = np.isfinite(got)
+        np.testing.assert_allclose(got[ok], want[ok], rtol=0, atol=1e-5)  # batch 2 vs 1
+
+
 def _read_ok(path: Path) -> bool:
     with rasterio.open(path) as src:
         return src.read().size > 0

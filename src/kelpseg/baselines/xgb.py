@@ -332,7 +332,7 @@ def predict_items(
     def engine(raw: np.ndarray) -> tuple[torch.Tensor, None]:
         if model.cfg.data.correct_dem_shift:  # as the cached training tiles were
             raw = np.stack([correct_dem(r) for r in raw])
-        return model.predict_proba(raw), None
+        return model.predict_proba(raw), None  # per-pixel trees: the DEM fix is not the cost
 
     fmt = model.cfg.predict.proba_format
     outputs = pipeline.Outputs(

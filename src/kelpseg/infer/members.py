@@ -68,9 +68,18 @@ class Members:
         self.corrects = [m.cfg.data.correct_dem_shift for m in self.models]
         self.dem_fix = dem_fix
 
+    def prepare(self, raw_np: np.ndarray) -> np.ndarray | None:
+        """The host-side work on one raw ``(7, H, W)`` tile, for a reader thread: the tile with
+        its DEM realigned when a member needs it (None otherwise, and with SAHI slices, whose
+        DEMs are realigned per slice)."""
+        if self.slices > 1 or not any(self.corrects):
+            return None
+        return self.dem_fix(raw_np)
+
     @torch.inference_mode()
-    def probas(self, raw_np: np.ndarray) -> Tensor:
-        """Every member's probability ``(M, B, H, W)``."""
+    def probas(self, raw_np: np.ndarray, fixed_np: np.ndarray | None = None) -> Tensor:
+        """Every member's probability ``(M, B, H, W)``; ``fixed_np`` is the batch of
+        :meth:`prepare` results (computed here when not given)."""
         from kelpseg.infer.tta import tta_proba
 
         dev = self.device
@@ -81,8 +90,9 @@ class Members:
             x = raw
             if corr:
                 if fixed is None:
-                    fixed = torch.from_numpy(np.stack([self.dem_fix(r) for r in raw_np]))
-                    fixed = fixed.to(dev, non_blocking=True)
+                    if fixed_np is None:
+                        fixed_np = np.stack([self.dem_fix(r) for r in raw_np])
+                    fixed = torch.from_numpy(fixed_np).to(dev, non_blocking=True)
                 x = fixed
             dtype = self.dtype
             with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
@@ -99,9 +109,11 @@ class Members:
             std = (self.w * (probs - (self.w * probs).sum(0)) ** 2).sum(0).sqrt()
         return mean, std
 
-    def __call__(self, raw_np: np.ndarray) -> tuple[Tensor, Tensor | None]:
+    def __call__(
+        self, raw_np: np.ndarray, fixed_np: np.ndarray | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         if self.slices > 1:
             from kelpseg.infer.sliced import sahi
 
             return sahi(self, raw_np, self.slices)
-        return self.combine(self.probas(raw_np))
+        return self.combine(self.probas(raw_np, fixed_np))

@@ -246,10 +246,14 @@ class OnnxEngine:
         self.correct = bool(model.config.get("data", {}).get("correct_dem_shift", True))
         self._fix = correct_dem
 
-    def __call__(self, raw: np.ndarray) -> tuple[np.ndarray, None]:
-        if self.correct:
-            raw = np.stack([self._fix(r) for r in raw])
-        return self.model.predict_proba(raw), None
+    def prepare(self, raw: np.ndarray) -> np.ndarray | None:
+        """One tile's DEM realigned (in a reader thread), or None when the model does not."""
+        return self._fix(raw) if self.correct else None
+
+    def __call__(self, raw: np.ndarray, fixed: np.ndarray | None = None) -> tuple[np.ndarray, None]:
+        if self.correct and fixed is None:
+            fixed = np.stack([self._fix(r) for r in raw])
+        return self.model.predict_proba(raw if fixed is None else fixed), None
 
     def accept(self, raw: np.ndarray, path: Path) -> None:
         """A tile of another side than the exported one is refused, naming it."""

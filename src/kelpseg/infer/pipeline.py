@@ -38,9 +38,11 @@ SPREAD_SUFFIX = "_spread.tif"
 PROBA_U8_NODATA = 255
 PROBA_FORMATS = ("float32", "uint8")
 
-Engine = Callable[[np.ndarray], tuple[Any, Any]]
+Engine = Callable[..., tuple[Any, Any]]
 """Raw int16 batch -> (probability ``(N, H, W)``, spread ``(N, H, W)`` or None); numpy arrays
-or tensors (moved to the host here)."""
+or tensors (moved to the host here). An engine with a ``prepare`` method (one raw tile -> an
+array or None) has it run in the reader threads; the stacked results come as its second
+argument, so per-tile host work (the DEM shift correction) stays off the main thread."""
 
 
 @dataclass
@@ -220,16 +222,23 @@ def run(
             out / f"{tile_id}{KELP_SUFFIX}", mask, georef=georef, nodata=MASK_NODATA, tags=tags
         )
 
-    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Georef]] = []
+    pending: list[tuple[str, Path, np.ndarray, np.ndarray, Georef, Any]] = []
     writes: deque[tuple[str, Future[Path]]] = deque()
+    prepare = getattr(engine, "prepare", None)
 
     def flush() -> None:
         if not pending:
             return
-        mean, std = engine(np.stack([p[2] for p in pending]))
+        batch = np.stack([p[2] for p in pending])
+        if prepare is None:
+            mean, std = engine(batch)
+        else:
+            ready = [p[5] for p in pending]
+            both = all(r is not None for r in ready)
+            mean, std = engine(batch, np.stack(ready) if both else None)
         mean_np, std_np = _host(mean), _host(std)
         assert mean_np is not None
-        for i, (tile_id, path, raw, missing, georef) in enumerate(pending):
+        for i, (tile_id, path, raw, missing, georef, _) in enumerate(pending):
             sd = std_np[i] if std_np is not None else None
             args = (tile_id, path, mean_np[i], sd, missing, georef, raw)
             writes.append((tile_id, writer.submit(write_one, *args)))
@@ -252,7 +261,8 @@ def run(
                 accept(raw, path)
         except TileError as err:
             return ("error", err)
-        return ("tile", raw, georef, check_band_order(raw), missing_pixels(raw))
+        ready = prepare(raw) if prepare is not None else None
+        return ("tile", raw, georef, check_band_order(raw), missing_pixels(raw), ready)
 
     ahead = 2 * batch_size
     for stale in out.glob(".*.tif.*.tmp"):  # left by a killed run (ours are written later)
@@ -278,13 +288,13 @@ def run(
             if got[0] == "error":
                 result.report.add(got[1])
                 continue
-            _, raw, georef, warning, missing = got
+            _, raw, georef, warning, missing, ready = got
             if warning:
                 result.warnings[tile_id] = warning
                 print(f"[predict] warning: {path}: {warning}", file=sys.stderr)
             if pending and (len(pending) >= batch_size or pending[0][2].shape != raw.shape):
                 flush()
-            pending.append((tile_id, path, raw, missing, georef))
+            pending.append((tile_id, path, raw, missing, georef, ready))
         flush()
         bar.close()
         while writes:
