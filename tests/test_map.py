@@ -209,11 +209,11 @@ def test_a_run_killed_mid_scene_leaves_nothing_half_written(
     calls = {"n": 0}
     real = Members.__call__
 
-    def dies_on_second_batch(self, raw):
+    def dies_on_second_batch(self, raw, fixed=None):
         calls["n"] += 1
         if calls["n"] == 2:
             raise KeyboardInterrupt  # as a kill between two batches
-        return real(self, raw)
+        return real(self, raw, fixed)
 
     monkeypatch.setattr(Members, "__call__", dies_on_second_batch)
     args = ["map", "-m", str(ckpt), str(a), "-o", str(maps), "--batch-size", "2"]

@@ -145,9 +145,9 @@ def test_windows_without_valid_pixels_are_not_predicted(model: KelpSegModule) ->
     seen: list[np.ndarray] = []
 
     class Spy(Members):
-        def __call__(self, raw_np: np.ndarray):
+        def __call__(self, raw_np: np.ndarray, fixed_np: np.ndarray | None = None):
             seen.extend(raw_np)
-            return super().__call__(raw_np)
+            return super().__call__(raw_np, fixed_np)
 
     engine = Spy([model], [1.0])
     skipped, _ = _blend(engine, raw, batch_size=4)

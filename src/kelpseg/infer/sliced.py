@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -187,45 +188,65 @@ def predict_sliced(
         wsum = np.where(acc_w[:n] > 0, acc_w[:n], 1.0)  # 0 only under skipped windows
         mean = acc_p[:n] / wsum
         std = acc_s[:n] / wsum if acc_s is not None else None
-        band = Band(top, source.read(top, 0, n, W), mean, std)
+        band = Band(top, reader.submit(source.read, top, 0, n, W).result(), mean, std)
         acc_w, acc_p = acc_w[n:], acc_p[n:]
         if acc_s is not None:
             acc_s = acc_s[n:]
         top = done
         return band
 
-    bar = tqdm(total=len(wins), desc="map", unit="win", leave=False, disable=not progress)
-    skipped = 0
-    for start in range(0, len(wins), batch_size):
-        batch = wins[start : start + batch_size]
+    prepare = getattr(engine, "prepare", None)
+
+    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, list[bool], np.ndarray | None]:
+        """In the reader thread: the batch's windows, which hold a valid pixel, and the
+        engine's host-side preparation of those."""
         raw = np.stack([source.read(r, c, window, window) for r, c in batch])
         keep = [not (skip_empty and missing_pixels(x).all()) for x in raw]
-        if any(keep):
-            mean, std = engine(raw[keep])
-            mean_np = mean.float().cpu().numpy()
-            std_np = std.float().cpu().numpy() if std is not None else None
-        skipped += len(batch) - sum(keep)
-        j = 0  # index into the predicted windows
-        for (r, c), kept in zip(batch, keep, strict=True):
-            h, w = min(window, H - r), min(window, W - c)
-            grow(r + h)
-            if not kept:
-                continue
-            i, j = j, j + 1
-            ww = weight[:h, :w]
-            sl = np.s_[r - top : r - top + h, c : c + w]
-            acc_w[sl] += ww
-            acc_p[sl] += ww * mean_np[i, :h, :w]
-            if acc_s is not None and std_np is not None:
-                acc_s[sl] += ww * std_np[i, :h, :w]
-        bar.update(len(batch))
-        if skipped:
-            bar.set_postfix(empty=skipped, refresh=False)
-        nxt = start + batch_size
-        done = wins[nxt][0] if nxt < len(wins) else H
-        if done > top and (done == H or done - top >= max(band_rows, 1)):
-            yield take(done)
-    bar.close()
+        ready = [prepare(x) for x, k in zip(raw, keep, strict=True) if k] if prepare else []
+        both = bool(ready) and all(r is not None for r in ready)
+        return raw, keep, np.stack(ready) if both else None
+
+    starts = list(range(0, len(wins), batch_size))
+    bar = tqdm(total=len(wins), desc="map", unit="win", leave=False, disable=not progress)
+    skipped = 0
+    # one reader thread owns the dataset (GDAL handles are not shared between threads): it
+    # reads the next batch while the model runs on this one
+    reader = ThreadPoolExecutor(1)
+    nxt_batch = reader.submit(load, wins[:batch_size])
+    try:
+        for start in starts:
+            batch = wins[start : start + batch_size]
+            raw, keep, fixed = nxt_batch.result()
+            if start + batch_size < len(wins):
+                nxt_batch = reader.submit(load, wins[start + batch_size : start + 2 * batch_size])
+            if any(keep):
+                mean, std = engine(raw[keep], fixed) if fixed is not None else engine(raw[keep])
+                mean_np = mean.float().cpu().numpy()
+                std_np = std.float().cpu().numpy() if std is not None else None
+            skipped += len(batch) - sum(keep)
+            j = 0  # index into the predicted windows
+            for (r, c), kept in zip(batch, keep, strict=True):
+                h, w = min(window, H - r), min(window, W - c)
+                grow(r + h)
+                if not kept:
+                    continue
+                i, j = j, j + 1
+                ww = weight[:h, :w]
+                sl = np.s_[r - top : r - top + h, c : c + w]
+                acc_w[sl] += ww
+                acc_p[sl] += ww * mean_np[i, :h, :w]
+                if acc_s is not None and std_np is not None:
+                    acc_s[sl] += ww * std_np[i, :h, :w]
+            bar.update(len(batch))
+            if skipped:
+                bar.set_postfix(empty=skipped, refresh=False)
+            nxt = start + batch_size
+            done = wins[nxt][0] if nxt < len(wins) else H
+            if done > top and (done == H or done - top >= max(band_rows, 1)):
+                yield take(done)
+    finally:
+        bar.close()
+        reader.shutdown(cancel_futures=True)
 
 
 def sahi(engine: Members, raw_np: np.ndarray, slices: int) -> tuple[Tensor, Tensor | None]:
