@@ -2,11 +2,14 @@
 
     python bench/predict_speed.py --tiles 16                 # CPU: fp32 and bf16, 1 and 3 models
     python bench/predict_speed.py --tiles 256 --host-only    # the pipeline without the network
+    python bench/predict_speed.py --tiles 64 --naive         # also the naive loop, same run
 
 Synthetic 350 x 350 int16 tiles are written once into ``--work`` (not timed); models follow
 the ``demo`` recipe (Unet + tu-efficientnet_b0) with random weights (speed does not depend on
 them). Each figure: tiles/s over all tiles after a 2-tile warm-up, outputs rewritten
-(``overwrite=True``), masks only.
+(``overwrite=True``), masks only. ``--naive`` adds the loop the 2nd-place code ran (and
+issue 8 compares against): per tile a rasterio read, the DEM correction and features, one fp32
+forward of batch 1, a rasterio write; one model, same tiles.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ def main() -> None:
         action="store_true",
         help="Replace the network by a constant: the ceiling of reading, checks and writing.",
     )
+    ap.add_argument("--naive", action="store_true", help="Also time the naive per-tile loop.")
     args = ap.parse_args()
     if args.host_only:
         from kelpseg.infer import members
@@ -76,11 +80,36 @@ def main() -> None:
             dt = time.perf_counter() - t0
             rows.append({"precision": prec, "models": n, "tiles_per_s": args.tiles / dt})
             print(json.dumps(rows[-1]), flush=True)
+    if args.naive and not args.host_only:
+        naive(models[0], items[:2], args.work / "warm")
+        t0 = time.perf_counter()
+        naive(models[0], items, args.work / "naive")
+        dt = time.perf_counter() - t0
+        rows.append({"naive": "read, fp32, batch 1, write", "models": 1,
+                     "tiles_per_s": args.tiles / dt})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
     print(
         f"# {args.tiles} tiles of 350 px, {args.config} recipe, batch {args.batch_size}, "
         f"{device}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads{', network replaced by a constant' if args.host_only else ''}"
     )
+
+
+@torch.inference_mode()
+def naive(model: KelpSegModule, items: list[tuple[str, Path]], out: Path) -> None:
+    """One tile at a time: read, correct, predict fp32 batch 1, write (synchronous)."""
+    import rasterio
+
+    from kelpseg.data.dem_shift import correct_dem
+
+    out.mkdir(parents=True, exist_ok=True)
+    dev = next(model.parameters()).device
+    for tile_id, path in items:
+        with rasterio.open(path) as src:
+            raw = src.read()
+        x = torch.from_numpy(correct_dem(raw)[None]).to(dev)
+        mask = (model.predict_proba(x)[0] >= 0.5).to(torch.uint8).cpu().numpy()
+        write_raster(out / f"{tile_id}_kelp.tif", mask, nodata=255)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "onnx_speed.py": ([], ["--batches", "1", "--repeat", "1"]),
     "postprocess.py": ([], []),  # needs a trained run: demo_out/run of `make demo`
     "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
+    "cpu_batch.py": ([], ["--config", "tiny", "--batches", "1", "2"]),
     "area.py": ([], ["--size", "1000", "--beds", "100", "--acquisitions", "2"]),
     "landsat_stack.py": ([], ["--sizes", "128", "256", "--block", "64"]),
     "xgb.py": ([], ["--aois", "6", "--size", "128", "--estimators", "30", "--pixels", "20000"]),

@@ -91,7 +91,7 @@ def test_checkpoint_threshold_and_batch_size_are_used(
     assert ((proba >= chosen) != (proba >= 0.5)).any()  # the threshold makes a difference
 
     config = copy.deepcopy(dict(module.hparams)["config"])
-    config["predict"].update(threshold=chosen, batch_size=3)
+    config["predict"].update(threshold=chosen, batch_size=3, cpu_batch_size=3)  # on this CPU
     path = _save(module, tmp_path / "t.ckpt", config)
     model = load_model(path)
     sizes: list[int] = []
@@ -157,7 +157,7 @@ def test_missing_pixels_are_nodata_in_masks_and_probabilities(
         assert (crs == geo.crs) if tid == "G" else crs is None
         probas[tid] = proba
     # the declared nodata was read as missing: the model saw the same tile
-    np.testing.assert_allclose(probas["D"], probas["P"], atol=1e-6)
+    np.testing.assert_allclose(probas["D"], probas["P"], atol=1e-5)  # other batches: float noise
     with rasterio.open(out / "G_kelp.tif") as src:
         assert src.transform == geo.transform
 

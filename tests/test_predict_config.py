@@ -117,6 +117,22 @@ def test_predict_settings_come_from_the_config(setup, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "config error" in res.stderr and "Traceback" not in res.output
 
 
+def test_batch_size_follows_the_device(setup, tmp_path: Path) -> None:
+    """On a CPU the batch is `predict.cpu_batch_size` (large batches were slower there), on a
+    GPU `predict.batch_size`; an explicit batch size wins."""
+    from kelpseg.config import PredictConfig
+
+    pc = PredictConfig(batch_size=32, cpu_batch_size=3)
+    assert pc.batch_for("cpu") == 3 and pc.batch_for("cuda") == 32
+    ckpt, tiles = setup
+    model = load_model(ckpt, "cpu")
+    items = [(p.stem.split("_")[0], p) for p in sorted(tiles.iterdir())]
+    assert predict_tiles(model, items, tmp_path / "a").batch_size == 1  # the default
+    model.cfg.predict.cpu_batch_size = 2
+    assert predict_tiles(model, items, tmp_path / "b").batch_size == 2
+    assert predict_tiles(model, items, tmp_path / "c", batch_size=3).batch_size == 3
+
+
 def test_onnx_backend_gives_the_torch_masks(setup, tmp_path: Path) -> None:
     ckpt, tiles = setup
     onnx = tmp_path / "m.onnx"

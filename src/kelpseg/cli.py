@@ -665,7 +665,7 @@ def predict(
             items,
             out,
             threshold=threshold,
-            batch_size=batch_size if batch_size is not None else pc.batch_size,
+            batch_size=batch_size or pc.batch_for(next(models[0].parameters()).device.type),
             probabilities=probabilities if probabilities is not None else pc.probabilities,
             weights=w,
             vote=vote or pc.vote,
@@ -734,7 +734,7 @@ def _predict_onnx(
             items,
             out,
             threshold=threshold,
-            batch_size=batch_size if batch_size is not None else pc.batch_size,
+            batch_size=batch_size or pc.batch_for("cpu"),  # onnxruntime's CPU provider
             probabilities=bool(chosen["probabilities"]),
             postprocess=cfg.postprocess,
             proba_format=chosen["proba_format"],
@@ -804,7 +804,12 @@ def threshold(
         str | None,
         typer.Option(help="Device for the fold models; default: a GPU when there is one."),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Default: each model's predict.batch_size (cpu_batch_size on a CPU)."
+        ),
+    ] = None,
     weights: Annotated[
         str | None,
         typer.Option(

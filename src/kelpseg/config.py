@@ -234,7 +234,13 @@ class PredictConfig(_Section):
     size, ensemble, precision, TTA and extra outputs; the CLI flags override these."""
 
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(8, ge=1, description="Tiles (map: windows) per forward pass on a GPU.")
+    cpu_batch_size: int = Field(
+        1,
+        ge=1,
+        description="The same on a CPU, where batches of 8 ran 40 % slower than single tiles "
+        "(cache-bound activations; bench/RESULTS.md).",
+    )
     probabilities: bool = Field(False, description="Also write {id}_proba.tif.")
     proba_format: Literal["float32", "uint8"] = Field(
         "float32", description="float32 (NaN nodata) or uint8 (p*254, 255 nodata)."
@@ -257,6 +263,10 @@ class PredictConfig(_Section):
         description="kelpseg run: tune the threshold out of fold (threshold.json) and predict "
         "with it; false = predict.threshold.",
     )
+
+    def batch_for(self, device_type: str) -> int:
+        """The batch size for a torch device type (``cpu``, ``cuda``, ...)."""
+        return self.cpu_batch_size if device_type == "cpu" else self.batch_size
 
     @field_validator("weights", mode="before")
     @classmethod

@@ -337,12 +337,13 @@ def _predict_test(
     from kelpseg.infer.predict import load_model, predict_tiles
 
     p = cfg.predict
+    models = [load_model(c) for c in checkpoints]
     pred = predict_tiles(
-        [load_model(c) for c in checkpoints],
+        models,
         prep.test_items(),
         where,
         threshold=threshold,
-        batch_size=p.batch_size,
+        batch_size=p.batch_for(next(models[0].parameters()).device.type),
         probabilities=p.probabilities,
         weights=weights,
         vote=p.vote,
@@ -387,9 +388,11 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     single_t = ensemble_t = p.threshold
     oof = None
     if p.tune_threshold:
+        import torch
+
         oof = tune_threshold(
-            out,
-            batch_size=p.batch_size,
+            out,  # on a GPU when there is one
+            batch_size=p.batch_for("cuda" if torch.cuda.is_available() else "cpu"),
             folds=[r.fold for r in results],
             weights=p.weights,
             tta=p.tta,

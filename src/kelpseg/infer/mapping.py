@@ -321,7 +321,7 @@ def build_engine(
         vote=vote,
         window=window or first.data.tile_size or 350,
         overlap=overlap,
-        batch_size=batch_size or first.predict.batch_size,
+        batch_size=batch_size or first.predict.batch_for(next(models[0].parameters()).device.type),
         probabilities=probabilities,
         geojson=geojson,
         min_area_ha=min_area_ha,

@@ -169,8 +169,11 @@ def predict_tiles(
     if not models:
         raise ValueError("no model to predict with")
     first = models[0]
+    device = next(first.parameters()).device
     threshold = first.cfg.predict.threshold if threshold is None else float(threshold)
-    batch_size = first.cfg.predict.batch_size if batch_size is None else int(batch_size)
+    if batch_size is None:
+        batch_size = first.cfg.predict.batch_for(device.type)
+    batch_size = int(batch_size)
     check_settings(threshold, batch_size)
     if vote not in ("soft", "hard"):
         raise ValueError(f"vote must be soft or hard, got {vote!r}")
@@ -178,7 +181,6 @@ def predict_tiles(
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
     if proba_format not in PROBA_FORMATS:
         raise ValueError(f"proba format must be float32 or uint8, got {proba_format!r}")
-    device = next(first.parameters()).device
     precision = precision or default_precision(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -92,13 +92,14 @@ def iter_oof(
     out: Path,
     *,
     device: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     folds: list[int] | None = None,
     tta: str = "none",
     limit: int | None = None,
 ) -> Iterator[OofBatch]:
     """Predict every finished fold's (or ``folds``') validation tiles with that fold's own
-    model (fp32, under ``tta``); ``limit``: the first tiles of each fold only (smoke runs)."""
+    model (fp32, under ``tta``); ``limit``: the first tiles of each fold only (smoke runs).
+    ``batch_size`` defaults to the model's ``predict.batch_for`` its device."""
     import torch
 
     from kelpseg.data.cache import open_cache
@@ -118,9 +119,10 @@ def iter_oof(
             raise ThresholdError(f"{out / 'splits.csv'}: fold {fold} has no cached tiles")
         ids = ids[:limit] if limit is not None else ids
         model = _load_fold_model(ckpt, device)
+        bs = batch_size or model.cfg.predict.batch_for(model.device.type)
         rows = packed.row(ids)
-        for start in range(0, len(ids), batch_size):
-            sel = rows[start : start + batch_size]
+        for start in range(0, len(ids), bs):
+            sel = rows[start : start + bs]
             raw = np.asarray(packed.images[sel])
             with torch.inference_mode():
                 x = torch.from_numpy(raw).to(model.device)
@@ -128,7 +130,7 @@ def iter_oof(
             valid = ~np.stack([missing_pixels(r) for r in raw])
             yield OofBatch(
                 fold,
-                ids[start : start + batch_size],
+                ids[start : start + bs],
                 raw,
                 proba,
                 np.asarray(packed.masks[sel]),
@@ -301,7 +303,7 @@ def tune_threshold(
     out: Path,
     *,
     device: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     folds: list[int] | None = None,
     weights: str = "equal",
     tta: str = "none",
