@@ -210,6 +210,8 @@ def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path
     """A test tile the predictor skipped stops ``run`` (naming it) before any score."""
     from types import SimpleNamespace
 
+    import torch
+
     import kelpseg.infer.predict as predict
     import kelpseg.pipeline as pipeline
     from kelpseg.io import BatchReport
@@ -225,7 +227,7 @@ def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path
     test_ids = sorted(r.tile_id for r in pipeline.discover(synth_data.root) if r.split == "test")
     with (
         mock.patch.object(pipeline, "run_training", lambda *a: [fold]),
-        mock.patch.object(predict, "load_model", lambda *a: None),
+        mock.patch.object(predict, "load_model", lambda *a: torch.nn.Linear(1, 1)),  # on the CPU
         mock.patch.object(predict, "predict_tiles", predict_tiles),
         pytest.raises(NothingValidError, match=f"1 test tile.*no prediction.*{test_ids[0]}"),
     ):
