@@ -171,7 +171,8 @@ def sample_pixels(
     """Equal numbers of kelp and non-kelp pixels (at most ``cap`` each) from tiles ``ids``.
 
     Two passes over the cache: count the drawable pixels of each class per tile, draw the
-    global positions (seeded), then compute the features of the tiles holding drawn pixels.
+    global positions (seeded), then gather the drawn raw pixels and compute their features in
+    one call (every feature is per pixel).
     """
     rows = packed.row(ids)
     kelp_n = np.zeros(len(rows), dtype=np.int64)
@@ -187,17 +188,20 @@ def sample_pixels(
         )
     rng = np.random.default_rng(seed)
     kelp_pick, other_pick = _split_draw(kelp_n, n, rng), _split_draw(other_n, n, rng)
-    xs, ys = [], []
+    pixels, ys = [], []
     for i, r in enumerate(tqdm(rows, desc="xgb sample", leave=False)):
         if not len(kelp_pick[i]) and not len(other_pick[i]):
             continue
         raw = np.asarray(packed.images[r])
         k, o = _classes(raw, np.asarray(packed.masks[r]), negatives)
-        feats = model.pixel_features(raw[None])[0].reshape(model.features.num_channels, -1)
         for flat, y in ((k[kelp_pick[i]], 1), (o[other_pick[i]], 0)):
-            xs.append(feats[:, flat].T)
+            pixels.append(raw.reshape(raw.shape[0], -1)[:, flat])
             ys.append(np.full(len(flat), y, dtype=np.uint8))
-    return Sample(np.concatenate(xs), np.concatenate(ys), int(kelp_n.sum()), int(other_n.sum()))
+    drawn = np.concatenate(pixels, axis=1)  # (7, N) raw pixels as one (1, 7, 1, N) "tile"
+    x = model.pixel_features(drawn[None, :, None, :])[0, :, 0, :].T
+    return Sample(
+        np.ascontiguousarray(x), np.concatenate(ys), int(kelp_n.sum()), int(other_n.sum())
+    )
 
 
 def classifier(cfg: Config):
@@ -258,13 +262,12 @@ def train_fold(
     Tiles whose ``excluded`` column is true are validated on but not trained on, as in the
     network's training.
     """
+    from kelpseg.data.datamodule import fold_tiles
+
     fold_dir = folder / f"fold{fold}"
     (fold_dir / RESULT).unlink(missing_ok=True)
-    excluded = train["excluded"].astype(bool) if "excluded" in train else False
-    fit_ids = train.loc[(train["fold"] != fold) & ~excluded, "tile_id"].tolist()
-    val_ids = train.loc[train["fold"] == fold, "tile_id"].tolist()
-    if not fit_ids or not val_ids:
-        raise ValueError(f"fold {fold}: no training or no validation tiles")
+    fit_tiles, val_tiles = fold_tiles(train, fold)  # as the network splits them
+    fit_ids, val_ids = fit_tiles["tile_id"].tolist(), val_tiles["tile_id"].tolist()
     t0 = time.perf_counter()
     clf = classifier(cfg)
     model = XgbModel(None, cfg)
@@ -338,7 +341,7 @@ def predict_items(
     outputs = pipeline.Outputs(
         threshold=threshold, cut=threshold, probabilities=probabilities, proba_format=fmt
     )
-    settings = {"model": "xgboost", "threshold": threshold, "proba_format": fmt}
+    settings = {"model": "xgboost", **outputs.settings()}
     res = pipeline.run(
         engine,
         items,

@@ -48,8 +48,11 @@ def geod_of(crs: ProjCRS) -> Geod:
     return crs.get_geod() or Geod(ellps="WGS84")
 
 
-def row_areas_ha(crs: Any, transform: Affine | None, height: int) -> tuple[np.ndarray, bool]:
-    """Area (ha) of one pixel in each row (shape ``(height,)``) and whether it was assumed.
+def row_areas_ha(
+    crs: Any, transform: Affine | None, height: int, row_off: int = 0
+) -> tuple[np.ndarray, bool]:
+    """Area (ha) of one pixel in each of ``height`` rows from row ``row_off`` (shape
+    ``(height,)``) and whether it was assumed.
 
     Projected CRS: ``|det|`` of the transform in the CRS's linear unit converted to metres.
     Geographic: geodesic area per row with pyproj.Geod. None: 30 m x 30 m, assumed=True.
@@ -60,16 +63,16 @@ def row_areas_ha(crs: Any, transform: Affine | None, height: int) -> tuple[np.nd
     if pcrs.is_geographic:
         geod = geod_of(pcrs)
         out = np.empty(height)
-        for row in range(height):
+        for i, row in enumerate(range(row_off, row_off + height)):
             corners = [transform @ xy for xy in ((0, row), (1, row), (1, row + 1), (0, row + 1))]
             lons, lats = zip(*corners, strict=True)
             area, _ = geod.polygon_area_perimeter(lons, lats)
-            out[row] = abs(area) / M2_PER_HA
+            out[i] = abs(area) / M2_PER_HA
         return out, False
     if not pcrs.is_projected:
         raise ValueError(f"CRS {pcrs.name!r} is neither projected nor geographic")
     unit = linear_unit_m(pcrs)
-    det = abs(transform.a * transform.e - transform.b * transform.d)
+    det = abs(transform.determinant)
     return np.full(height, det * unit**2 / M2_PER_HA), False
 
 
@@ -82,10 +85,14 @@ def class_areas_ha(
     """
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D array, got shape {arr.shape}")
-    rows, _ = row_areas_ha(crs, transform, row_off + arr.shape[0])
-    rows = rows[row_off:]
+    rows, _ = row_areas_ha(crs, transform, arr.shape[0], row_off)
+    return value_areas_ha(arr, rows)
+
+
+def value_areas_ha(arr: np.ndarray, rows: np.ndarray) -> dict[int, float]:
+    """Area (ha) of each value in a 2-D ``arr`` whose rows have the pixel areas ``rows``."""
     values = np.unique(arr)
-    return {int(v): float(((arr == v).sum(axis=1) * rows).sum()) for v in values if not np.isnan(v)}
+    return {int(v): float((arr == v).sum(axis=1) @ rows) for v in values if not np.isnan(v)}
 
 
 def geometry_areas_ha(geoms: Sequence[Any], crs: Any) -> tuple[np.ndarray, bool]:

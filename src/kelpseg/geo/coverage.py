@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA, QA_INDEX, missing_pixels
+from kelpseg.infer.postprocess import land as on_land
+from kelpseg.io.tiles import MASK_NODATA, QA_INDEX, missing_pixels
 
 LAND, CLEAR_WATER, CLOUDY_WATER = 0, 1, 2
 
 
 def coverage_codes(raw: np.ndarray) -> np.ndarray:
     """``(h, w)`` uint8 coverage codes of raw ``(7, h, w)`` pixels (see the module notes)."""
-    dem = raw[DEM_INDEX]
-    land = (dem > 0) & (dem != NODATA)
+    land = on_land(raw)
     out = np.where(land, LAND, CLEAR_WATER).astype(np.uint8)
     out[~land & (raw[QA_INDEX] == 1)] = CLOUDY_WATER
     out[missing_pixels(raw)] = MASK_NODATA

@@ -148,7 +148,7 @@ def _map_raster(
     progress: bool = True,
 ) -> dict[str, Any]:
     from kelpseg.eda.quicklook import QuickLook
-    from kelpseg.geo.area import class_areas_ha, row_areas_ha
+    from kelpseg.geo.area import row_areas_ha, value_areas_ha
     from kelpseg.geo.vector import kelp_polygons, write_polygons
     from kelpseg.infer.sliced import RasterSource, predict_sliced
     from kelpseg.io.cog import CogWriter
@@ -207,7 +207,7 @@ def _map_raster(
                 **common,
             )
         look = QuickLook(H, W, settings.quicklook_px)
-        kelp_cut = 0.5 if settings.vote == "hard" else settings.threshold
+        kelp_cut = engine.cut
         totals: dict[str, float] = {"kelp": 0.0, "water": 0.0, "clear": 0.0}
         try:
             for band in predict_sliced(
@@ -229,9 +229,9 @@ def _map_raster(
                 if "spread" in writers and band.std is not None:
                     writers["spread"].write_rows(band.row, np.where(missing, np.nan, band.std))
                 look.add(band.row, band.raw, kelp)
-                crs, transform = georef.crs, georef.transform
-                totals["kelp"] += class_areas_ha(kelp, crs, transform, band.row).get(1, 0.0)
-                water, clear = water_ha(class_areas_ha(cov, crs, transform, band.row))
+                rows, _ = row_areas_ha(georef.crs, georef.transform, len(kelp), band.row)
+                totals["kelp"] += float((kelp == 1).sum(axis=1) @ rows)
+                water, clear = water_ha(value_areas_ha(cov, rows))
                 totals["water"] += water
                 totals["clear"] += clear
             for w in writers.values():

@@ -68,6 +68,12 @@ class Members:
         self.corrects = [m.cfg.data.correct_dem_shift for m in self.models]
         self.dem_fix = dem_fix
 
+    @property
+    def cut(self) -> float:
+        """What the combined value is compared with for a mask: the threshold for a soft
+        vote's mean probability, half the (weighted) members for a hard vote."""
+        return 0.5 if self.vote == "hard" else self.threshold
+
     def prepare(self, raw_np: np.ndarray) -> np.ndarray | None:
         """The host-side work on one raw ``(7, H, W)`` tile, for a reader thread: the tile with
         its DEM realigned when a member needs it (None otherwise, and with SAHI slices, whose

@@ -292,31 +292,20 @@ def predict_tiles_onnx(
         ValueError: a threshold outside [0, 1], a batch size below 1, duplicate tile ids.
         ExportError: the file is not a kelpseg ONNX model.
     """
-    from kelpseg.config import PostprocessConfig
     from kelpseg.infer import pipeline
 
     model = OnnxModel(model_path)
     threshold = model.threshold if threshold is None else float(threshold)
-    batch_size = model.batch_size if batch_size is None else int(batch_size)
-    pipeline.check_settings(threshold, batch_size)
-    if proba_format not in pipeline.PROBA_FORMATS:
-        raise ValueError(f"proba format must be float32 or uint8, got {proba_format!r}")
-    post = postprocess if postprocess is not None and postprocess != PostprocessConfig() else None
-    settings: dict[str, Any] = {
-        "backend": "onnx",
-        "threshold": threshold,
-        "proba_format": proba_format,
-    }
-    if post is not None:
-        settings["postprocess"] = post.model_dump()
-    engine = OnnxEngine(model)
     outputs = pipeline.Outputs(
         threshold=threshold,
         cut=threshold,
         probabilities=probabilities,
         proba_format=proba_format,
-        postprocess=post,
+        postprocess=postprocess,
     )
+    settings = {"backend": "onnx", **outputs.settings()}
+    engine = OnnxEngine(model)
+    batch_size = model.batch_size if batch_size is None else int(batch_size)
     return pipeline.run(
         engine,
         items,

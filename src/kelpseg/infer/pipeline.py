@@ -59,7 +59,8 @@ class PredictResult:
 
 @dataclass
 class Outputs:
-    """What to write for each tile, and how."""
+    """What to write for each tile, and how (checked on creation; a post-processing config
+    with every step off counts as none)."""
 
     threshold: float
     cut: float
@@ -70,11 +71,24 @@ class Outputs:
     postprocess: PostprocessConfig | None = None
     members: int = 1
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.proba_format not in PROBA_FORMATS:
+            raise ValueError(f"proba format must be float32 or uint8, got {self.proba_format!r}")
+        if self.postprocess == PostprocessConfig():
+            self.postprocess = None
 
-def check_settings(threshold: float, batch_size: int) -> None:
-    """ValueError for a threshold outside [0, 1] or a batch size below 1."""
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    def settings(self) -> dict[str, Any]:
+        """What of these changes the files written: part of every fingerprint."""
+        found: dict[str, Any] = {"threshold": self.threshold, "proba_format": self.proba_format}
+        if self.postprocess is not None:
+            found["postprocess"] = self.postprocess.model_dump()
+        return found
+
+
+def check_batch_size(batch_size: int) -> None:
+    """ValueError for a batch size below 1."""
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
 
@@ -165,14 +179,13 @@ def run(
         overwrite: False keeps a tile whose outputs are complete and carry ``fingerprint``.
         accept: Raises :class:`TileError` for a tile the engine cannot take (reported, skipped).
     """
+    check_batch_size(batch_size)
     dups = duplicate_ids(items)
     if dups:
         raise ValueError(dups)
     result = PredictResult(threshold=outputs.threshold, batch_size=batch_size)
     out.mkdir(parents=True, exist_ok=True)
     post = outputs.postprocess
-    if post is not None and post == PostprocessConfig():
-        post = None
 
     def paths(tile_id: str) -> list[Path]:
         found = [out / f"{tile_id}{KELP_SUFFIX}"]

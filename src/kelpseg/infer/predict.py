@@ -30,7 +30,6 @@ from kelpseg.infer.pipeline import (  # noqa: E402, F401 (re-exported)
     SPREAD_SUFFIX,
     Outputs,
     PredictResult,
-    check_settings,
     fingerprint,
     io_threads,
     write_proba,
@@ -174,31 +173,16 @@ def predict_tiles(
     if batch_size is None:
         batch_size = first.cfg.predict.batch_for(device.type)
     batch_size = int(batch_size)
-    check_settings(threshold, batch_size)
     if vote not in ("soft", "hard"):
         raise ValueError(f"vote must be soft or hard, got {vote!r}")
     if tta not in TTA_MODES:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {tta!r}")
-    if proba_format not in PROBA_FORMATS:
-        raise ValueError(f"proba format must be float32 or uint8, got {proba_format!r}")
     precision = precision or default_precision(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if any(next(m.parameters()).device != device for m in models):
         raise ValueError("all models of an ensemble must be on one device")
     w = member_weights(len(models), None if weights is None else list(map(float, weights)))
-    settings = {
-        "threshold": threshold,
-        "weights": [float(v) for v in w],
-        "vote": vote,
-        "precision": precision,
-        "tta": tta,
-        "proba_format": proba_format,
-        **({"slices": slices} if slices > 1 else {}),
-    }
-    post = postprocess if postprocess is not None and postprocess != PostprocessConfig() else None
-    if post is not None:
-        settings["postprocess"] = post.model_dump()
     spread = spread and len(models) > 1
     engine = Members(
         models,
@@ -211,19 +195,27 @@ def predict_tiles(
         slices=slices,
         dem_fix=correct_dem,
     )
+    outputs = Outputs(
+        threshold=threshold,
+        cut=engine.cut,
+        probabilities=probabilities,
+        proba_format=proba_format,
+        spread=spread,
+        postprocess=postprocess,
+        members=len(models),
+    )
+    settings = {
+        **outputs.settings(),
+        "weights": [float(v) for v in w],
+        "vote": vote,
+        "precision": precision,
+        "tta": tta,
+        **({"slices": slices} if slices > 1 else {}),
+    }
     weights_bytes = (
         t.detach().cpu().contiguous().numpy().tobytes()
         for m in models
         for t in m.state_dict().values()
-    )
-    outputs = Outputs(
-        threshold=threshold,
-        cut=0.5 if vote == "hard" else threshold,
-        probabilities=probabilities,
-        proba_format=proba_format,
-        spread=spread,
-        postprocess=post,
-        members=len(models),
     )
     return pipeline.run(
         engine,
