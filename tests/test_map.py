@@ -21,6 +21,7 @@ from kelpseg.geo.coverage import coverage_codes
 from kelpseg.io import write_raster
 from kelpseg.io.cog import is_cog
 from kelpseg.io.raster import Georef
+from kelpseg.synth.landsat import write_landsat_scene
 from kelpseg.train.module import KelpSegModule
 from tests.test_predict import _save
 from tests.test_sliced import _raster
@@ -86,8 +87,6 @@ def _inputs(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def test_map_end_to_end_batch_resume_and_bad_input(ckpt: Path, tmp_path: Path) -> None:
-    pytest.importorskip("kelpseg.geo.area")
-    pytest.importorskip("kelpseg.geo.vector")
     a, bad, b = _inputs(tmp_path)
     maps = tmp_path / "maps"
     res = runner.invoke(
@@ -170,7 +169,6 @@ def test_two_inputs_with_one_scene_id_do_not_overwrite_each_other(
 
 
 def test_ensemble_writes_spread_and_a_missing_model_is_one_line(ckpt: Path, tmp_path: Path) -> None:
-    pytest.importorskip("kelpseg.geo.vector")
     a, _, _ = _inputs(tmp_path)
     maps = tmp_path / "maps"
     args = ["map", "-m", str(ckpt), "-m", str(ckpt), str(a), "-o", str(maps), "--no-probabilities"]
@@ -184,10 +182,7 @@ def test_ensemble_writes_spread_and_a_missing_model_is_one_line(ckpt: Path, tmp_
 
 
 def test_landsat_scene_folder_is_stacked_and_mapped(ckpt: Path, tmp_path: Path) -> None:
-    pytest.importorskip("kelpseg.geo.vector")
-    pytest.importorskip("kelpseg.io.landsat")
-    synth = pytest.importorskip("kelpseg.synth.landsat")
-    scene = synth.write_landsat_scene(tmp_path / "scene", size=160, seed=1)
+    scene = write_landsat_scene(tmp_path / "scene", size=160, seed=1)
     maps = tmp_path / "maps"
     res = runner.invoke(
         app, ["map", "-m", str(ckpt), str(scene.folder), "--dem", str(scene.dem), "-o", str(maps)]
@@ -201,7 +196,6 @@ def test_landsat_scene_folder_is_stacked_and_mapped(ckpt: Path, tmp_path: Path) 
 def test_a_run_killed_mid_scene_leaves_nothing_half_written(
     ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("kelpseg.geo.vector")
     from kelpseg.infer.members import Members
 
     a, _, _ = _inputs(tmp_path)

@@ -127,10 +127,20 @@ def test_batch_size_follows_the_device(setup, tmp_path: Path) -> None:
     ckpt, tiles = setup
     model = load_model(ckpt, "cpu")
     items = [(p.stem.split("_")[0], p) for p in sorted(tiles.iterdir())]
-    assert predict_tiles(model, items, tmp_path / "a").batch_size == 1  # the default
+    sizes: list[int] = []
+    real = model.predict_proba
+    model.predict_proba = lambda raw: sizes.append(len(raw)) or real(raw)  # the batches run
+
+    def run(name: str, **kw) -> list[int]:
+        sizes.clear()
+        predict_tiles(model, items, tmp_path / name, **kw)
+        return list(sizes)
+
+    assert model.cfg.predict.batch_size == 4  # the tiny config's GPU batch: not used here
+    assert run("a") == [1, 1, 1]  # cpu_batch_size's default
     model.cfg.predict.cpu_batch_size = 2
-    assert predict_tiles(model, items, tmp_path / "b").batch_size == 2
-    assert predict_tiles(model, items, tmp_path / "c", batch_size=3).batch_size == 3
+    assert run("b") == [2, 1]
+    assert run("c", batch_size=3) == [3]
 
 
 def test_onnx_backend_gives_the_torch_masks(setup, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from kelpseg.baselines.xgb import PRIOR_ATTR, XgbModel, load_xgb, predict_items,
 from kelpseg.cli import app
 from kelpseg.config import load_config
 from kelpseg.data.cache import open_cache
+from kelpseg.data.dem_shift import correct_dem
 from kelpseg.io import read_mask, read_tile
 from kelpseg.io.raster import Georef, write_raster
 from kelpseg.io.tiles import MASK_NODATA, NODATA, missing_pixels
@@ -55,6 +56,16 @@ def test_trains_both_folds_and_beats_trivial(xgb_run, synth_data):
     tuned = json.loads((out / "xgb" / "threshold.json").read_text())
     assert tuned["folds"] == [0, 1] and m["threshold"] == tuned["threshold"]
     assert m["oof_dice"]["tuned"] >= m["oof_dice"]["at_0.5"]
+    # and the test masks were cut at it: the model's probability >= the tuned threshold
+    model = load_xgb(m["predicted_with"])
+    tile = sorted((synth_data.root / "test_satellite").glob("*_satellite.tif"))[0]
+    raw = read_tile(tile)
+    fixed = correct_dem(raw) if model.cfg.data.correct_dem_shift else raw
+    want = model.predict_proba(fixed[None])[0].numpy() >= m["threshold"]
+    with rasterio.open(out / "xgb" / "predictions" / f"{tile.stem[:-10]}_kelp.tif") as src:
+        got = src.read(1) == 1
+    valid = ~missing_pixels(raw)
+    assert np.array_equal(got[valid], want[valid])
 
 
 def test_masks_follow_network_rules_and_other_stages_accept_them(xgb_run, synth_data, tmp_path):

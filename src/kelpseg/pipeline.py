@@ -371,7 +371,7 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     """
     from kelpseg.infer.ensemble import member_weights
     from kelpseg.infer.evaluate import evaluate
-    from kelpseg.infer.threshold import tune_threshold
+    from kelpseg.infer.threshold import read_threshold, tune_threshold
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -388,19 +388,15 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     single_t = ensemble_t = p.threshold
     oof = None
     if p.tune_threshold:
-        import torch
-
         oof = tune_threshold(
-            out,  # on a GPU when there is one
-            batch_size=p.batch_for("cuda" if torch.cuda.is_available() else "cpu"),
+            out,  # on a GPU when there is one, each model's predict.batch_for its device
             folds=[r.fold for r in results],
             weights=p.weights,
             tta=p.tta,
             calibration=[path for _, path in prep.test_items()],
         )
-        single_t = oof["threshold"]
-        cut = "member_threshold" if p.vote == "hard" else "threshold"  # hard: members are cut
-        ensemble_t = oof["ensemble"][cut] if several else single_t
+        single_t = read_threshold(out)
+        ensemble_t = read_threshold(out, len(results), p.vote)
     t_tune = time.perf_counter()
     runs = {"ensemble": out / "predictions"}
     n_test = _predict_test(
