@@ -222,6 +222,21 @@ def test_a_trial_forced_bad_is_pruned(tiny_data, tmp_path) -> None:
     assert not list((out / "trials" / "0001").rglob("*.ckpt"))  # the pruned one does not
 
 
+def test_each_fold_reports_at_its_own_steps(tiny_data, tmp_path) -> None:
+    """With two folds of 2 epochs, fold 0 reports steps 0-1 and fold 1 steps 2-3: the pruner
+    compares fold 1's epochs with fold 1's, never with fold 0's."""
+    from kelpseg.tune.study import tune
+
+    space_file = _space(
+        tmp_path, {"study": {"pruner": "none"}, "params": {"predict.threshold": [0.5]}}
+    )
+    base = load_config("tiny", [*SETS, "train.folds=[0,1]"])
+    res = tune(tiny_data, base, load_space(space_file, base), space_file, tmp_path / "o", 1)
+    (trial,) = res.study.trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize(
     ("keep", "left"),
     [("best", {"0001", "0003"}), ("none", {"0003"}), ("all", {"0000", "0001", "0002", "0003"})],
