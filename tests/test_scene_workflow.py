@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 
+import geopandas as gpd
 import pandas as pd
 import pyogrio
+import pytest
 import rasterio
+from shapely.geometry import box
 from typer.testing import CliRunner
 
 from kelpseg.cli import app
@@ -45,6 +48,11 @@ def test_series_map_and_timeseries(trained, tmp_path):
             assert src.crs == truth.crs and src.transform == truth.transform
             assert src.nodata == 255 and src.overviews(1)
             assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+            kelp_px = int((src.read(1) == 1).sum())
+            bounds, crs = src.bounds, src.crs
+        # the area in the table is the mask's kelp pixels at 30 m x 30 m (UTM), counted here
+        row = areas.set_index("scene_id").loc[s.meta.scene_id]
+        assert row["kelp_ha"] == pytest.approx(kelp_px * 0.09, rel=1e-6)
         info = pyogrio.read_info(folder / f"{s.meta.scene_id}_kelp.gpkg", layer="kelp")
         assert info["crs"] is not None
     out = tmp_path / "ts.csv"
@@ -57,3 +65,12 @@ def test_series_map_and_timeseries(trained, tmp_path):
     by_id = areas.set_index("scene_id")["kelp_ha"]
     assert ts.set_index("scene_id")["kelp_ha"].round(4).to_dict() == by_id.round(4).to_dict()
     assert (tmp_path / "ts.png").stat().st_size > 0
+    # an AOI over the whole scene, read from the rasters (not scene.json), gives the same areas
+    aoi = tmp_path / "aoi.geojson"
+    gpd.GeoDataFrame(geometry=[box(*bounds)], crs=crs).to_crs(4326).to_file(aoi)
+    args = ["timeseries", str(maps), "--aoi", str(aoi), "-o", str(tmp_path / "ts_aoi.csv")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    in_aoi = pd.read_csv(tmp_path / "ts_aoi.csv").set_index("scene_id")["kelp_ha"]
+    for sid, ha in by_id.items():
+        assert in_aoi[sid] == pytest.approx(ha, rel=1e-3)
