@@ -38,7 +38,6 @@ from kelpseg.geo.coverage import coverage_codes, water_ha
 from kelpseg.io.errors import BatchReport, TileError
 from kelpseg.io.raster import georef_of, open_raster
 
-"""Values of a ``{scene_id}_coverage.tif`` (255: no data)."""
 OUTSIDE = 254
 """Internal value of pixels outside the AOI."""
 SCENE_COLUMNS = (

@@ -9,7 +9,6 @@ hidden ``.NAME.*.tmp`` files, never a half-written COG.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.windows import Window
 
-from kelpseg.io.raster import Georef, temp_beside
+from kelpseg.io.raster import Georef, atomic_output, georef_profile, temp_beside
 
 COG_BLOCK = 512
 
@@ -77,13 +76,8 @@ class CogWriter:
             "blockysize": self.block,
             "compress": "LZW",  # the staging file: fast; the COG gets ``compress``
             "BIGTIFF": "IF_SAFER",
+            **georef_profile(georef, nodata),
         }
-        if georef.crs is not None:
-            profile["crs"] = georef.crs
-        if georef.transform is not None:
-            profile["transform"] = georef.transform
-        if nodata is not None:
-            profile["nodata"] = nodata
         self.tmp = temp_beside(self.path)
         try:
             with warnings.catch_warnings():
@@ -107,20 +101,15 @@ class CogWriter:
     def finish(self) -> Path:
         """Close, convert to a COG beside the destination, rename it there."""
         self.dst.close()
-        final = temp_beside(self.path)
+        opts = {"COMPRESS": self.compress, "OVERVIEW_RESAMPLING": self.resampling}
+        if self.dtype.kind == "f":
+            opts["PREDICTOR"] = "YES"
         try:
-            opts = {"COMPRESS": self.compress, "OVERVIEW_RESAMPLING": self.resampling}
-            if self.dtype.kind == "f":
-                opts["PREDICTOR"] = "YES"
-            with warnings.catch_warnings():
+            with atomic_output(self.path) as final, warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 rasterio.shutil.copy(
                     self.tmp, final, driver="COG", BLOCKSIZE=self.block, BIGTIFF="IF_SAFER", **opts
                 )
-            os.replace(final, self.path)
-        except BaseException:
-            final.unlink(missing_ok=True)
-            raise
         finally:
             self.tmp.unlink(missing_ok=True)
         return self.path

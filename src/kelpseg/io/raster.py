@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -101,6 +102,19 @@ def atomic_output(path: str | Path, *, keep_suffix: bool = False) -> Iterator[Pa
         raise
 
 
+def georef_profile(georef: Georef, nodata: float | None) -> dict[str, Any]:
+    """The rasterio profile keys for a georeference and nodata; the ones not given are left
+    out (a file without CRS or transform is written as such)."""
+    found: dict[str, Any] = {}
+    if georef.crs is not None:
+        found["crs"] = georef.crs
+    if georef.transform is not None:
+        found["transform"] = georef.transform
+    if nodata is not None:
+        found["nodata"] = nodata
+    return found
+
+
 def write_raster(
     path: str | Path,
     data: np.ndarray,
@@ -142,12 +156,7 @@ def write_raster(
     }
     if arr.dtype.kind == "f":
         profile["predictor"] = 3
-    if georef.crs is not None:
-        profile["crs"] = georef.crs
-    if georef.transform is not None:
-        profile["transform"] = georef.transform
-    if nodata is not None:
-        profile["nodata"] = nodata
+    profile |= georef_profile(georef, nodata)
     with atomic_output(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", **profile) as dst:
