@@ -66,6 +66,14 @@ def test_weights_always_sum_to_one() -> None:
         member_weights(2, "1,2,3")
     with pytest.raises(EnsembleError, match="val Dice"):
         member_weights(2, "dice", [0.5, None])
+    # one rule for numbers, in the config and at prediction time
+    from kelpseg.config import ConfigError, load_config
+
+    for bad in ("inf,1", "-1,2", "0,0", "a,b"):
+        with pytest.raises(EnsembleError, match="weights"):
+            member_weights(2, bad)
+        with pytest.raises(ConfigError, match="weights"):
+            load_config("tiny", [f"predict.weights={bad}"])
 
 
 def test_soft_ensemble_is_the_weighted_mean_and_spread_the_weighted_std(

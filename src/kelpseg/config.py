@@ -5,6 +5,7 @@ Unknown keys are rejected, so a typo in a config fails loudly instead of being i
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -275,13 +276,23 @@ class PredictConfig(_Section):
             v = ",".join(str(x) for x in v)
         if v in ("equal", "dice"):
             return v
-        try:
-            vals = [float(x) for x in str(v).split(",")]
-        except ValueError as err:
-            raise ValueError(f"weights must be equal, dice or numbers, got {v!r}") from err
-        if any(x < 0 for x in vals) or sum(vals) <= 0:
-            raise ValueError(f"weights must be non-negative, not all zero, got {v!r}")
+        parse_weights(str(v))
         return str(v)
+
+
+def parse_weights(spec: str | list[float]) -> list[float]:
+    """Given ensemble weights (``"0.2,0.8"`` or numbers): finite, non-negative, not all zero.
+
+    Raises:
+        ValueError: naming the spec otherwise.
+    """
+    try:
+        vals = [float(x) for x in (spec if isinstance(spec, list) else str(spec).split(","))]
+    except ValueError as err:
+        raise ValueError(f"weights must be equal, dice or numbers, got {spec!r}") from err
+    if any(not math.isfinite(x) or x < 0 for x in vals) or sum(vals) <= 0:
+        raise ValueError(f"weights must be finite, non-negative, not all zero, got {spec!r}")
+    return vals
 
 
 class PostprocessConfig(_Section):

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kelpseg.config import parse_weights
+
 WEIGHT_MODES = ("equal", "dice")
 
 
@@ -72,12 +74,9 @@ def member_weights(
             w = np.ones(n)
     else:
         try:
-            vals = spec if isinstance(spec, list) else [float(v) for v in spec.split(",")]
+            w = np.asarray(parse_weights(spec), dtype=np.float64)
         except ValueError as err:
-            raise EnsembleError(f"--weights {spec!r}: not equal, dice or numbers") from err
-        w = np.asarray(vals, dtype=np.float64)
+            raise EnsembleError(f"--weights: {err}") from err
         if len(w) != n:
             raise EnsembleError(f"--weights: {len(w)} weights for {n} models")
-        if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
-            raise EnsembleError(f"--weights {spec!r}: need non-negative numbers, not all zero")
     return w / w.sum()
