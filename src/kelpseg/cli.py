@@ -14,7 +14,7 @@ import typer
 
 from kelpseg import __version__
 from kelpseg.config import DEFAULT_CONFIG, ConfigError, builtin_names, dump_config, load_config
-from kelpseg.io.errors import NothingValidError
+from kelpseg.io.errors import NothingValidError, first_line
 
 app = typer.Typer(
     add_completion=False,
@@ -842,7 +842,7 @@ def threshold(
         try:
             saved = load_config(out / "config.yaml").predict
         except ConfigError as err:
-            _fail(ValueError(f"{out / 'config.yaml'}: {str(err).splitlines()[0]}"))
+            _fail(ValueError(f"{out / 'config.yaml'}: {first_line(err)}"))
     weights = weights or (saved.weights if saved else "equal")
     tta = tta or (saved.tta if saved else "none")
     if tta not in TTA_MODES:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-GROUP_TAG = "kelpseg.out"  # = kelpseg.train.fit.RUN_GROUP_TAG (not imported: torch-free)
+GROUP_TAG = "kelpseg.out"  # the fold runs' output folder (kelpseg.train.fit sets it)
 DICE = "best/val_dice"
 FORMATS = ("table", "csv", "json")
 HIGHLIGHTS = {

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from kelpseg.geo.area import class_areas_ha, geometry_areas_ha
 from kelpseg.geo.coverage import coverage_codes, water_ha
-from kelpseg.io.errors import BatchReport, TileError
+from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import georef_of, open_raster
 
 OUTSIDE = 254
@@ -66,7 +66,7 @@ def read_aoi(path: Path) -> Any:
     try:
         gdf = gpd.read_file(path)
     except Exception as err:  # pyogrio raises its own DataSourceError and others
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        first = first_line(err)
         raise ValueError(f"{path}: not a readable vector file: {first}") from err
     if gdf.empty or gdf.geometry.isna().all():
         raise ValueError(f"{path}: no geometry")

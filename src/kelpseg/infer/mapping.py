@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kelpseg.geo.coverage import coverage_codes, water_ha
-from kelpseg.io.errors import BatchReport, TileError
+from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
 from kelpseg.io.tiles import MASK_NODATA
 
@@ -389,7 +389,7 @@ def map_inputs(
             result.report.add(err)
             continue
         except (OSError, ValueError) as err:  # e.g. a scene folder that does not stack
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            msg = first_line(err)
             result.report.add(MapError(source, msg.removeprefix(f"{source}: ")))
             continue
         if folder is None:
@@ -431,7 +431,7 @@ def _map_one(
         try:
             scene_id, sensor, date = scene_of(source)
         except Exception as err:  # rasterio raises several kinds for non-rasters
-            raise MapError(source, f"not a readable raster: {str(err).splitlines()[0]}") from err
+            raise MapError(source, f"not a readable raster: {first_line(err)}") from err
     if scene_id in taken:
         raise MapError(
             source, f"same scene id {scene_id!r} as {taken[scene_id]}: rename one of them"

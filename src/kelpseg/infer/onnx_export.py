@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from kelpseg.io.errors import first_line
+
 OPSET = 17
 META_CONFIG = "kelpseg_config"
 META_THRESHOLD = "threshold"
@@ -181,7 +183,7 @@ def export_onnx(
             )
     except Exception as err:  # the exporter raises many kinds for unsupported operators
         tmp.unlink(missing_ok=True)
-        line = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+        line = first_line(err)[:300]
         raise ExportError(f"{checkpoint}: cannot export to ONNX: {line}") from err
     try:
         proto = onnx.load(str(tmp))
@@ -216,7 +218,7 @@ class OnnxModel:
                 str(self.path), providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own exception types
-            line = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+            line = first_line(err)[:200]
             raise ExportError(f"{self.path}: not a readable ONNX model: {line}") from err
         meta = self.session.get_modelmeta().custom_metadata_map
         if META_CONFIG not in meta:

@@ -34,6 +34,7 @@ from kelpseg.infer.pipeline import (  # noqa: E402, F401 (re-exported)
     io_threads,
     write_proba,
 )
+from kelpseg.io.errors import first_line  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
 
 
@@ -68,8 +69,7 @@ def _load_problem(path: Path, err: Exception) -> str:
         if is_zip:
             return "it holds Python objects besides weights and settings (not from kelpseg train)"
         return "not a PyTorch checkpoint file"
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line[:200]
+    return first_line(err)[:200]
 
 
 def load_model(checkpoint: str | Path, device: str | None = None) -> KelpSegModule:
@@ -98,7 +98,7 @@ def load_model(checkpoint: str | Path, device: str | None = None) -> KelpSegModu
         model = KelpSegModule(config)
         model.load_state_dict(ckpt["state_dict"])
     except (ValidationError, ValueError, RuntimeError, KeyError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise CheckpointError(f"{path}: its weights or config do not fit kelpseg: {msg}") from err
     model.hparams["config"] = saved  # what it was trained with
     model.cfg.model.encoder_weights = saved.get("model", {}).get("encoder_weights")

@@ -7,6 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): library
+    errors (GDAL, onnxruntime, torch) can run over many lines."""
+    text = str(err)
+    return text.splitlines()[0] if text.strip() else type(err).__name__
+
+
 class TileError(ValueError):
     """A file that cannot be used, with the file and the problem named."""
 

@@ -30,7 +30,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from kelpseg.io.errors import TileError
+from kelpseg.io.errors import TileError, first_line
 from kelpseg.io.raster import atomic_output
 from kelpseg.io.tiles import BAND_NAMES, NODATA
 
@@ -177,7 +177,7 @@ def parse_mtl(path: Path) -> dict[str, str]:
                 if m and m[1] not in ("GROUP", "END_GROUP"):
                     out.setdefault(m[1], m[2])
     except (ValueError, ET.ParseError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise SceneError(path, f"MTL file not parseable as {kind.lstrip('.')}: {msg}") from err
     if not out:
         raise SceneError(path, "MTL file holds no KEY = value entries")
@@ -266,7 +266,7 @@ def _open(stack: ExitStack, path: Path) -> rasterio.io.DatasetReader:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return stack.enter_context(rasterio.open(path))
     except (RasterioError, OSError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise SceneError(path, f"not a readable raster: {msg}") from err
 
 
@@ -427,6 +427,6 @@ def stack_scene(
                 for win in tqdm(wins, desc=f"stack {meta.scene_id}", disable=not progress):
                     dst.write(_stack_window(srcs, qa_src, vrt, win, qa_bits), window=win)
         except RasterioError as err:
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+            msg = first_line(err)
             raise SceneError(folder, f"reading the scene failed: {msg}") from err
     return meta

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from rasterio.errors import RasterioError
 
-from kelpseg.io.errors import TileError
+from kelpseg.io.errors import TileError, first_line
 from kelpseg.io.raster import Georef, georef_of, open_raster
 
 BAND_NAMES: tuple[str, ...] = ("SWIR1", "NIR", "Red", "Green", "Blue", "QA", "DEM")
@@ -37,7 +37,7 @@ def _open_read(path: Path) -> tuple[np.ndarray, Georef, tuple[float | None, ...]
     except FileNotFoundError as err:
         raise TileError(path, "not found") from err
     except (RasterioError, OSError, ValueError) as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        msg = first_line(err)
         raise TileError(path, f"not a readable raster (truncated or not a TIFF?): {msg}") from err
 
 

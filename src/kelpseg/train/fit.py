@@ -45,12 +45,13 @@ from kelpseg.config import Config, dump_config, flatten  # noqa: E402
 from kelpseg.data.cache import PackedTiles  # noqa: E402
 from kelpseg.data.datamodule import KelpDataModule  # noqa: E402
 from kelpseg.io.raster import atomic_write_text  # noqa: E402
+from kelpseg.runs import GROUP_TAG  # noqa: E402
 from kelpseg.train.images import SampleImages  # noqa: E402
 from kelpseg.train.module import KelpSegModule  # noqa: E402
 
 RESULT = "result.json"
 RUN_ID = "mlflow_run_id.txt"
-RUN_GROUP_TAG = "kelpseg.out"
+RUN_GROUP_TAG = GROUP_TAG  # kelpseg.runs groups fold runs by it
 """MLflow tag of every fold run: the run folder (``kelpseg runs`` groups fold runs by it)."""
 
 

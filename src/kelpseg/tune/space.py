@@ -183,11 +183,11 @@ class SearchSpace(_Strict):
                     apply_values(base, {key: value})
                 except ConfigError as err:
                     raise ConfigError(
-                        f"space key {key}: value {value!r} does not validate: {_first_line(err)}"
+                        f"space key {key}: value {value!r} does not validate: {_pydantic_reason(err)}"
                     ) from err
 
 
-def _first_line(err: Exception) -> str:
+def _pydantic_reason(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return " ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "")
 
