@@ -28,7 +28,8 @@ class Members:
     ``(B, H, W)`` on the members' device.
 
     Args:
-        models: The members (one device for all).
+        models: The members (one device for all): anything with ``predict_proba`` on raw
+            tiles, ``device`` and ``cfg`` (networks, or the XGBoost baseline's folds).
         weights: Normalized member weights (sum to one), one per model.
         precision: Autocast dtype (None = fp32).
         tta: Test-time augmentation mode (kelpseg.infer.tta).
@@ -54,7 +55,7 @@ class Members:
         dem_fix: Callable[[np.ndarray], np.ndarray] = correct_dem,
     ) -> None:
         self.models = list(models)
-        self.device = next(self.models[0].parameters()).device
+        self.device = torch.device(self.models[0].device)  # a module's, or the XGBoost's cpu
         self.weights = torch.as_tensor(np.asarray(weights), dtype=torch.float32)
         self.w = self.weights.to(self.device)[:, None, None, None]
         self.dtype = precision

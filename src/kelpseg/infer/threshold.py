@@ -250,29 +250,34 @@ def rate_match(
 ) -> dict:
     """The threshold at which the weighted mean of the members marks as much of the unlabelled
     ``raws`` as kelp as the weighted members do at ``member_threshold`` (no label is read).
-    ``correct``: undo DEM shifts first for members trained with ``data.correct_dem_shift``."""
+    ``correct``: undo DEM shifts first for members trained with ``data.correct_dem_shift``.
+    The members run in the ensemble engine that predicts with them (:class:`Members`, at the
+    precision prediction uses on that device)."""
     import torch
 
     from kelpseg.data.dem_shift import correct_dem
-    from kelpseg.infer.tta import tta_proba
+    from kelpseg.infer.members import Members
+    from kelpseg.infer.predict import PRECISIONS, default_precision
 
     models = [_load_fold_model(c, device) for c in checkpoints]
-    w = torch.as_tensor(np.asarray(weights), dtype=torch.float32)[:, None, None]
+    dev = torch.device(models[0].device)
+    engine = Members(
+        models,
+        weights,
+        precision=PRECISIONS[default_precision(dev)],
+        tta=tta,
+        dem_fix=correct_dem if correct else (lambda r: r),  # cached tiles are corrected
+    )
+    w = np.asarray(engine.weights)
     t = np.float32(member_threshold)
     above = np.zeros(len(CANDIDATES) + 1, np.int64)
     members = pixels = tiles = 0.0
     for raw in raws:
         valid = ~missing_pixels(raw)
-        x = torch.from_numpy(raw[None])
-        fixed = torch.from_numpy(correct_dem(raw)[None]) if correct else x
-        outs = []
-        with torch.inference_mode():
-            for m in models:
-                xm = fixed if m.cfg.data.correct_dem_shift else x
-                outs.append(tta_proba(m.predict_proba, xm.to(m.device), tta)[0].float().cpu())
-        probs = torch.stack(outs)
-        mean = (w * probs).sum(0).numpy()[valid]
-        members += float((w[:, 0, 0].numpy() * (probs.numpy()[:, valid] >= t).sum(1)).sum())
+        probs = engine.probas(raw[None])  # (M, 1, H, W)
+        mean = engine.combine(probs)[0][0].cpu().numpy()[valid]
+        member_px = (probs[:, 0].cpu().numpy()[:, valid] >= t).sum(1)
+        members += float((w * member_px).sum())
         above += np.bincount(
             np.searchsorted(CANDIDATES.astype(np.float32), mean, side="right"),
             minlength=len(above),
