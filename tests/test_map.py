@@ -179,6 +179,12 @@ def test_ensemble_writes_spread_and_a_missing_model_is_one_line(ckpt: Path, tmp_
     assert not (maps / "A" / "A_proba.tif").exists()
     res = runner.invoke(app, ["map", "-m", str(tmp_path / "nope.ckpt"), str(a), "-o", str(maps)])
     assert res.exit_code == 1 and "nope.ckpt" in res.output and "Traceback" not in res.output
+    res = runner.invoke(
+        app, [*args, "--window", "48", "--overlap", "48", "-o", str(tmp_path / "x")]
+    )
+    assert res.exit_code == 2 and "must be smaller than the window (48 px)" in res.output
+    res = runner.invoke(app, [*args, "--overlap", "64", "-o", str(tmp_path / "x")])  # tiny: 64 px
+    assert res.exit_code == 2 and "(64 px)" in res.output and not (tmp_path / "x").exists()
 
 
 def test_landsat_scene_folder_is_stacked_and_mapped(ckpt: Path, tmp_path: Path) -> None:

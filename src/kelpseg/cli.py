@@ -1001,24 +1001,24 @@ def map_cmd(
         models = [load_model(c) for c in ckpts]  # every member is checked before any work
     except CheckpointError as err:
         _fail(err)
-    win = window or models[0].cfg.data.tile_size or 350
-    if overlap is not None and overlap >= win:
-        usage(f"--overlap {overlap} must be smaller than the window ({win} px)")
-    engine, settings = build_engine(
-        models,
-        w,
-        threshold=threshold,
-        vote=vote,
-        tta=tta,
-        precision=precision,
-        slices=slices,
-        window=win,
-        overlap=overlap,
-        batch_size=batch_size,
-        probabilities=probabilities,
-        geojson=geojson,
-        min_area_ha=min_area_ha,
-    )
+    try:
+        engine, settings = build_engine(
+            models,
+            w,
+            threshold=threshold,
+            vote=vote,
+            tta=tta,
+            precision=precision,
+            slices=slices,
+            window=window,
+            overlap=overlap,
+            batch_size=batch_size,
+            probabilities=probabilities,
+            geojson=geojson,
+            min_area_ha=min_area_ha,
+        )
+    except ValueError as err:
+        usage(str(err))
     threshold = settings.threshold
     try:
         res = map_inputs(engine, inputs, out, settings, models=ckpts, dem=dem, overwrite=overwrite)

@@ -304,6 +304,9 @@ def build_engine(
     from kelpseg.infer.predict import PRECISIONS, default_precision
 
     first = models[0].cfg
+    window = window or first.data.tile_size or 350
+    if overlap is not None and not 0 <= overlap < window:
+        raise ValueError(f"--overlap {overlap} must be smaller than the window ({window} px)")
     threshold = first.predict.threshold if threshold is None else float(threshold)
     prec = precision or default_precision(next(models[0].parameters()).device)
     engine = Members(
@@ -319,7 +322,7 @@ def build_engine(
     settings = MapSettings(
         threshold=threshold,
         vote=vote,
-        window=window or first.data.tile_size or 350,
+        window=window,
         overlap=overlap,
         batch_size=batch_size or first.predict.batch_for(next(models[0].parameters()).device.type),
         probabilities=probabilities,
