@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kelpseg.config import load_config
-from kelpseg.infer.members import Members
+from kelpseg.infer.ensemble import Members
 from kelpseg.train.module import KelpSegModule
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from kelpseg.data.dem_shift import correct_dem
-from kelpseg.infer.predict import load_model
+from kelpseg.infer.checkpoint import load_model
 from kelpseg.infer.threshold import CANDIDATES, Counts
 from kelpseg.io import discover, read_mask, read_tile
 from kelpseg.io.tiles import missing_pixels

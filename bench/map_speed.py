@@ -30,9 +30,9 @@ def main() -> None:
     import torch
     from map_memory import mosaic_raster, synthetic_tiles, untrained_checkpoint
 
-    from kelpseg.infer.mapping import MapSettings, map_raster
-    from kelpseg.infer.members import Members
-    from kelpseg.infer.predict import default_precision, load_model
+    from kelpseg.infer.checkpoint import load_model
+    from kelpseg.infer.ensemble import Members, default_precision
+    from kelpseg.infer.mapping import MapSettings, SceneInput, map_raster
     from kelpseg.infer.sliced import RasterSource, predict_sliced
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -73,10 +73,19 @@ def main() -> None:
                     secs = time.perf_counter() - t0
                 stage = "sliced" if skip else "sliced, every window predicted"
                 print(f"| {config} | {stage} | {secs:.1f} | {mpx / secs:.3f} |")
-            settings = MapSettings(window=350, batch_size=args.batch_size)
+            engine.batch_size = args.batch_size
+            scene = SceneInput(raster, "scene", None, None, False)
             (root / config).mkdir()
             t0 = time.perf_counter()
-            map_raster(engine, raster, root / config, "scene", settings)
+            map_raster(
+                engine,
+                raster,
+                root / config,
+                scene,
+                MapSettings(window=350),
+                threshold=0.5,
+                cut=0.5,
+            )
             secs = time.perf_counter() - t0
             print(f"| {config} | map (all outputs) | {secs:.1f} | {mpx / secs:.3f} |")
             sys.stdout.flush()

@@ -18,7 +18,8 @@ import numpy as np
 
 from kelpseg.config import PostprocessConfig
 from kelpseg.infer.postprocess import apply
-from kelpseg.infer.threshold import iter_oof, read_threshold
+from kelpseg.infer.run_folder import tuned_threshold
+from kelpseg.infer.threshold import iter_oof
 
 STEPS: dict[str, PostprocessConfig] = {
     "none": PostprocessConfig(),
@@ -41,7 +42,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.out / "splits.csv").is_file():
         ap.error(f"{args.out}: not a trained run folder (run `make demo` first, or give OUT)")
-    t = args.threshold or read_threshold(args.out) or 0.5
+    t = args.threshold or getattr(tuned_threshold(args.out), "value", 0.5)
     counts = {name: np.zeros(3, np.int64) for name in STEPS}  # tp, pred, truth
     tiles, start = 0, time.perf_counter()
     for b in iter_oof(args.out):

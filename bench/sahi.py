@@ -3,7 +3,7 @@
 Usage: python bench/sahi.py [OUT] [--slices 1 2] [--max-tiles N]   (OUT: demo_out/run)
 
 Each fold's model predicts its own validation tiles (as `kelpseg threshold` does), once per
-``--slices`` value through the ensemble engine (`kelpseg.infer.members.Members`, CPU fp32):
+``--slices`` value through the ensemble engine (`kelpseg.infer.ensemble.Members`, CPU fp32):
 1 = the whole tile, 2 = overlapping half-size slices up-sampled to the tile's size before the
 model, probabilities area-averaged back and Hann-blended. Reported: the global Dice (valid pixels
 of all tiles) at the run's tuned threshold (else 0.5) and at each variant's own best threshold.
@@ -23,9 +23,10 @@ def main() -> None:
     import pandas as pd
 
     from kelpseg.data.cache import open_cache
-    from kelpseg.infer.members import Members
-    from kelpseg.infer.predict import load_model
-    from kelpseg.infer.threshold import Counts, fold_checkpoints, read_threshold
+    from kelpseg.infer.checkpoint import load_model
+    from kelpseg.infer.ensemble import Members
+    from kelpseg.infer.run_folder import tuned_threshold
+    from kelpseg.infer.threshold import Counts, fold_checkpoints
     from kelpseg.io.tiles import missing_pixels
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -36,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.out / "splits.csv").is_file():
         ap.error(f"{args.out}: not a trained run folder (run `make demo` first, or give OUT)")
-    t = read_threshold(args.out) or 0.5
+    t = getattr(tuned_threshold(args.out), "value", 0.5)
     splits = pd.read_csv(args.out / "splits.csv", dtype={"tile_id": str})
     packed = open_cache(args.out / "cache")
     cached = set(packed.tile_ids)

@@ -31,8 +31,8 @@ def column_steps(p: np.ndarray) -> np.ndarray:
 def main() -> None:
     from map_memory import synthetic_tiles, untrained_checkpoint
 
-    from kelpseg.infer.members import Members
-    from kelpseg.infer.predict import load_model
+    from kelpseg.infer.checkpoint import load_model
+    from kelpseg.infer.ensemble import Members
     from kelpseg.infer.sliced import ArraySource, predict_sliced, window_offsets
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kelpseg.infer.threshold import CANDIDATES, Counts, iter_oof, read_threshold
+from kelpseg.infer.run_folder import tuned_threshold
+from kelpseg.infer.threshold import CANDIDATES, Counts, iter_oof
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     if not (args.out / "splits.csv").is_file():
         ap.error(f"{args.out}: not a trained run folder (run `make demo` first, or give OUT)")
-    tuned = read_threshold(args.out) or 0.5
+    tuned = getattr(tuned_threshold(args.out), "value", 0.5)
     j_tuned = int(np.argmin(np.abs(CANDIDATES - tuned)))
     j_half = int(np.argmin(np.abs(CANDIDATES - 0.5)))
     rows = {}

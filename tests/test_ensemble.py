@@ -132,7 +132,7 @@ def test_run_folder_uses_every_fold_dice_weights_and_tuned_threshold(
     finally:
         (run / "threshold.json").unlink()
     assert result.exit_code == 0, result.output
-    assert "2 models" in result.stdout and "0.37" in result.stdout
+    assert "2 members" in result.stdout and "0.37" in result.stdout
     with rasterio.open(out / "T0_kelp.tif") as src:
         assert src.tags()["threshold"] == "0.37" and src.tags()["members"] == "2"
     # dice weights (0.6, 0.8) -> (0, 1): the ensemble is the second fold alone

@@ -396,9 +396,9 @@ def test_dem_correction_runs_in_reader_threads_with_the_same_result(
     never on the thread that drives the model, and the masks are those of the engine alone."""
     import threading
 
-    import kelpseg.infer.predict as predict_mod
+    import kelpseg.infer.ensemble as ensemble_mod
     from kelpseg.data.dem_shift import correct_dem
-    from kelpseg.infer.members import Members
+    from kelpseg.infer.ensemble import Members
 
     threads: set[str] = set()
 
@@ -406,7 +406,7 @@ def test_dem_correction_runs_in_reader_threads_with_the_same_result(
         threads.add(threading.current_thread().name)
         return correct_dem(raw)
 
-    monkeypatch.setattr(predict_mod, "correct_dem", spy)
+    monkeypatch.setattr(ensemble_mod, "correct_dem", spy)
     tiles = _tile_folder(tmp_path / "tiles", 5)
     res = predict_tiles(module, [(p.stem[:3], p) for p in sorted(tiles.iterdir())],
                         tmp_path / "o", probabilities=True, batch_size=2)  # fmt: skip

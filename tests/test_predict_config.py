@@ -174,7 +174,18 @@ def test_onnx_backend_gives_the_torch_masks(setup, tmp_path: Path) -> None:
     _ok(["predict", "--backend", "onnx", str(onnx), str(tiles), "-o", str(tmp_path / "p"), *n])
     assert (_read(tmp_path / "p" / "T0_kelp.tif") != 1).all()
     base = ["predict", "--backend", "onnx", str(onnx), str(tiles), "-o", str(tmp_path / "x")]
-    _one_line_error([*base, "--tta", "flips"], "--tta flips", "onnx")
     _one_line_error([*base, "--precision", "bf16"], "fp32")
-    two = ["predict", "--backend", "onnx", "-m", str(onnx), "-m", str(onnx), str(tiles)]
-    _one_line_error([*two, "-o", str(tmp_path / "x")], "one model")
+    _one_line_error(["predict", "--backend", "onnx", str(ckpt), str(tiles)], "export")
+    # an ONNX member is a member like any other: TTA and ensembles through the same engine
+    flips = ["--probabilities", "--tta", "flips"]
+    _ok(["predict", str(ckpt), str(tiles), "-o", str(tmp_path / "tf"), *flips])
+    _ok([*base[:-1], str(tmp_path / "of"), *flips])
+    two = ["predict", "-m", str(onnx), "-m", str(onnx), str(tiles), "-o", str(tmp_path / "two")]
+    _ok([*two, "--probabilities", "--weights", "0.3,0.7"])
+    for i in range(3):
+        want = _read(tmp_path / "tf" / f"T{i}_proba.tif")
+        np.testing.assert_allclose(_read(tmp_path / "of" / f"T{i}_proba.tif"), want, atol=1e-4)
+        np.testing.assert_allclose(
+            _read(tmp_path / "two" / f"T{i}_proba.tif"), _read(tmp_path / "t" / f"T{i}_proba.tif"),
+            atol=1e-4,
+        )  # fmt: skip

@@ -11,7 +11,7 @@ import rasterio
 import torch
 
 from kelpseg.config import load_config
-from kelpseg.infer.members import Members
+from kelpseg.infer.ensemble import Members
 from kelpseg.infer.predict import load_model, predict_tiles
 from kelpseg.infer.sliced import (
     ArraySource,

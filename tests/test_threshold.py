@@ -72,14 +72,15 @@ def test_threshold_refuses_a_folder_without_folds(tmp_path: Path) -> None:
     assert "no finished fold" in res.output and "Traceback" not in res.output
 
 
-def test_read_threshold_picks_the_entry_that_fits_the_vote(tmp_path: Path) -> None:
-    from kelpseg.infer.threshold import read_threshold
+def test_tuned_threshold_is_used_only_for_the_ensemble_it_was_tuned_for(tmp_path: Path) -> None:
+    from kelpseg.infer.run_folder import tuned_threshold
 
-    assert read_threshold(tmp_path) is None
+    assert tuned_threshold(tmp_path) is None
     (tmp_path / "threshold.json").write_text(
         json.dumps(
             {
                 "threshold": 0.4,
+                "tta": "none",
                 "ensemble": {
                     "threshold": 0.3,
                     "member_threshold": 0.6,
@@ -88,7 +89,15 @@ def test_read_threshold_picks_the_entry_that_fits_the_vote(tmp_path: Path) -> No
             }
         )
     )
-    assert read_threshold(tmp_path) == 0.4  # one model: its own out-of-fold threshold
-    assert read_threshold(tmp_path, 3) == 0.3  # soft vote: the mean's calibrated threshold
-    assert read_threshold(tmp_path, 3, "hard") == 0.6  # hard vote: each member is cut
-    assert read_threshold(tmp_path, 4) == 0.4  # not the ensemble that was tuned (4 members)
+    w = [0.2, 0.3, 0.5]
+    assert tuned_threshold(tmp_path).value == 0.4  # one model: its own out-of-fold threshold
+    assert tuned_threshold(tmp_path, w).value == 0.3  # soft vote: the mean's calibrated one
+    assert tuned_threshold(tmp_path, w, "hard").value == 0.6  # hard vote: each member is cut
+    four = tuned_threshold(tmp_path, [0.25] * 4)  # not the ensemble that was tuned
+    assert four.value == 0.4 and "not [0.25" in four.note
+    equal = tuned_threshold(tmp_path, [1 / 3] * 3)  # three members, other weights
+    assert equal.value == 0.4 and "tuned for weights [0.2, 0.3, 0.5]" in equal.note
+    assert "TTA none" in tuned_threshold(tmp_path, w, tta="d4").note
+    (tmp_path / "threshold.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a threshold file"):
+        tuned_threshold(tmp_path)

@@ -328,30 +328,25 @@ def _predict_test(
     prep: Prepared,
     cfg: Config,
     checkpoints: list[Path],
-    weights: list[float],
+    dices: list[float],
     threshold: float,
     where: Path,
 ) -> int:
-    """Predict every test tile with ``checkpoints`` (an ensemble when several) into ``where``
+    """Predict every test tile with ``checkpoints`` (an ensemble when several, weighted by
+    ``predict.weights``; ``dices``: their validation Dice, for ``dice`` weights) into ``where``
     under the ``predict`` and ``postprocess`` config; fail naming tiles left without one."""
-    from kelpseg.infer.predict import load_model, predict_tiles
+    from kelpseg.infer.assemble import assemble
+    from kelpseg.infer.predict import predict_assembly
 
     p = cfg.predict
-    models = [load_model(c) for c in checkpoints]
-    pred = predict_tiles(
-        models,
+    ens = assemble(checkpoints, config=cfg, threshold=threshold, dices=dices)
+    pred = predict_assembly(
+        ens,
         prep.test_items(),
         where,
-        threshold=threshold,
-        batch_size=p.batch_for(next(models[0].parameters()).device.type),
         probabilities=p.probabilities,
-        weights=weights,
-        vote=p.vote,
-        precision=p.precision,
-        tta=p.tta,
         proba_format=p.proba_format,
         spread=p.spread,
-        postprocess=cfg.postprocess,
     )
     pred.report.finish()
     missing = sorted(set(t for t, _ in prep.test_items()) - set(pred.masks))
@@ -371,7 +366,8 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
     """
     from kelpseg.infer.ensemble import member_weights
     from kelpseg.infer.evaluate import evaluate
-    from kelpseg.infer.threshold import read_threshold, tune_threshold
+    from kelpseg.infer.run_folder import tuned_threshold
+    from kelpseg.infer.threshold import tune_threshold
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -395,16 +391,17 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
             tta=p.tta,
             calibration=[path for _, path in prep.test_items()],
         )
-        single_t = read_threshold(out)
-        ensemble_t = read_threshold(out, len(results), p.vote)
+        single_t = tuned_threshold(out, tta=p.tta).value
+        ensemble_t = tuned_threshold(out, weights if several else None, p.vote, p.tta).value
     t_tune = time.perf_counter()
     runs = {"ensemble": out / "predictions"}
+    dices = [r.val_dice for r in results]
     n_test = _predict_test(
-        prep, cfg, [r.checkpoint for r in results], list(weights), ensemble_t, runs["ensemble"]
+        prep, cfg, [r.checkpoint for r in results], dices, ensemble_t, runs["ensemble"]
     )
     if several:
         runs["single"] = out / "predictions_single"
-        _predict_test(prep, cfg, [best.checkpoint], [1.0], single_t, runs["single"])
+        _predict_test(prep, cfg, [best.checkpoint], [best.val_dice], single_t, runs["single"])
     t_pred = time.perf_counter()
     metrics: dict = {
         "train_tiles": len(prep.train),

@@ -1,9 +1,11 @@
-"""Quick-look PNG of a mapped scene: true colour, stretched, kelp outlined.
+"""Quick-look PNG of a mapped scene: true colour, stretched, kelp outlined, with a title,
+a legend and a scale bar.
 
 Built row band by row band (:meth:`QuickLook.add`), so a whole Landsat scene becomes a
 ~1,000 px picture without holding the scene in memory: the colours from every ``step``-th
 pixel, the kelp from every pixel (a block shows kelp when any of its pixels is kelp, so a
-one-pixel bed is not lost to the decimation).
+one-pixel bed is not lost to the decimation). Pixels without data (the scene's edge, SLC-off
+gaps) are drawn as a light checkerboard, so they cannot be taken for dark water.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ import numpy as np
 from scipy import ndimage
 
 from kelpseg.eda.render import block_max, boundary
-from kelpseg.io.raster import atomic_output
 from kelpseg.io.tiles import NODATA
 
 RGB = (2, 3, 4)  # Red, Green, Blue in the model's band order
 OUTLINE = np.array([255, 40, 200], np.uint8)  # magenta: stands out on sea and land
+FILL_LIGHT, FILL_DARK = 225, 190  # the checkerboard of pixels without data
 
 
 class QuickLook:
@@ -43,7 +45,8 @@ class QuickLook:
         self.kelp[row // self.step : row // self.step + len(blocks)] |= blocks
 
     def image(self) -> np.ndarray:
-        """``(h, w, 3)`` uint8: 2-98 % stretch per channel, black where missing, kelp outlined."""
+        """``(h, w, 3)`` uint8: 2-98 % stretch per channel, a light checkerboard where data are
+        missing, kelp outlined."""
         rgb = np.concatenate(self.rgb, axis=1).astype(np.float32)
         missing = (rgb == NODATA).any(0)
         out = np.zeros((*missing.shape, 3), np.uint8)
@@ -51,15 +54,59 @@ class QuickLook:
             valid = band[~missing]
             if valid.size:
                 lo, hi = np.percentile(valid, (2, 98))
-                scaled = np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1) * 255
-                out[..., i] = np.where(missing, 0, scaled).astype(np.uint8)
+                out[..., i] = (np.clip((band - lo) / max(hi - lo, 1e-6), 0, 1) * 255).astype(
+                    np.uint8
+                )
+        yy, xx = np.indices(missing.shape)
+        checker = np.where(((yy // 8) + (xx // 8)) % 2 == 0, FILL_LIGHT, FILL_DARK)
+        out[missing] = checker[missing, None].astype(np.uint8)
         out[ndimage.binary_dilation(boundary(self.kelp))] = OUTLINE
         return out
 
-    def save(self, path: Path) -> Path:
-        """Write the PNG atomically."""
-        from PIL import Image
+    def save(
+        self, path: Path, *, title: str = "", pixel_m: float | None = None, note: str = ""
+    ) -> Path:
+        """Write the PNG atomically: the picture, ``title`` above it, a legend and (with
+        ``pixel_m``, the ground size of one raster pixel in metres) a scale bar below it."""
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
 
-        with atomic_output(path) as tmp:
-            Image.fromarray(self.image()).save(tmp, format="PNG")
-        return path
+        from kelpseg.eda.plots import plt, save_figure
+
+        img = self.image()
+        h, w = img.shape[:2]
+        fig = plt.figure(figsize=(max(w, 500) / 100, (h + 120) / 100), dpi=100)
+        ax = fig.add_axes((0, 90 / (h + 120), 1, h / (h + 120)))
+        ax.imshow(img, interpolation="nearest")
+        ax.set_axis_off()
+        if title:
+            fig.text(0.5, 1 - 12 / (h + 120), title, ha="center", va="top", fontsize=10)
+        handles = [
+            Line2D([], [], color=OUTLINE / 255, lw=2, label="kelp (outline)"),
+            Patch(facecolor=(FILL_DARK / 255,) * 3, edgecolor="0.5", label="no data"),
+        ]
+        fig.legend(
+            handles=handles, loc="lower right", bbox_to_anchor=(0.99, 0.005), ncol=2,
+            fontsize=8, frameon=False,
+        )  # fmt: skip
+        if pixel_m:
+            self._scale_bar(fig, w, h, pixel_m * self.step)
+        if note:
+            fig.text(0.01, 0.005, note, fontsize=7, color="0.35", va="bottom")
+        return save_figure(fig, path, dpi=100)
+
+    @staticmethod
+    def _scale_bar(fig, w: int, h: int, metres_per_px: float) -> None:
+        """A bar of a round length (about a fifth of the picture) under its left corner."""
+        from matplotlib.patches import Rectangle
+
+        target = w * metres_per_px / 5
+        exp = 10 ** math.floor(math.log10(target))
+        length = max(m * exp for m in (1, 2, 5) if m * exp <= target)
+        frac = length / metres_per_px / max(w, 500)
+        y = 55 / (h + 120)
+        fig.add_artist(
+            Rectangle((0.02, y), frac, 8 / (h + 120), transform=fig.transFigure, color="k")
+        )
+        label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
+        fig.text(0.02 + frac / 2, y - 4 / (h + 120), label, ha="center", va="top", fontsize=8)

@@ -35,6 +35,7 @@ def kelp_polygons(
     min_area_ha: float = 0.0,
     nodata: int = 255,
     connectivity: int = 8,
+    attributes: dict[str, Any] | None = None,
 ) -> gpd.GeoDataFrame:
     """Polygons of mask == 1 (rasterio.features.shapes), column area_ha (geodesic when geographic),
     id; beds under min_area_ha dropped (minimum mapping unit).
@@ -46,6 +47,8 @@ def kelp_polygons(
         min_area_ha: Minimum mapping unit; smaller beds are dropped.
         nodata: The mask's nodata value.
         connectivity: 8 (diagonal neighbours join a bed) or 4.
+        attributes: Columns with one value for every bed (e.g. ``scene_id``, ``date``), so
+            beds of many scenes can be put in one layer and still be told apart.
 
     Returns:
         A GeoDataFrame (the mask's CRS) with ``id`` (1..n, by decreasing area), ``area_ha``,
@@ -73,6 +76,8 @@ def kelp_polygons(
     )
     gdf = gdf[gdf["area_ha"] >= min_area_ha].sort_values("area_ha", ascending=False)
     gdf.insert(0, "id", np.arange(1, len(gdf) + 1, dtype="int64"))
+    for i, (key, value) in enumerate((attributes or {}).items(), start=1):
+        gdf.insert(i, key, pd.Series([value] * len(gdf), index=gdf.index, dtype="object"))
     return gdf.reset_index(drop=True)
 
 

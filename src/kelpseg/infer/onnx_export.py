@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from kelpseg.infer.errors import PredictionError
 from kelpseg.io.errors import first_line
 
 OPSET = 17
@@ -31,7 +32,7 @@ OUTPUT_NAME = "proba"
 UNSUPPORTED_NORM = ("sample_quantile",)
 
 
-class ExportError(ValueError):
+class ExportError(PredictionError):
     """A checkpoint or option that cannot be exported, with the reason named."""
 
 
@@ -147,7 +148,7 @@ def export_onnx(
     import onnx
     import torch
 
-    from kelpseg.infer.predict import load_model
+    from kelpseg.infer.checkpoint import load_model
     from kelpseg.io.raster import temp_beside
 
     if opset < 17:
@@ -205,7 +206,13 @@ def export_onnx(
 
 
 class OnnxModel:
-    """An exported kelpseg model on onnxruntime (CPU unless another provider is given)."""
+    """An exported kelpseg model on onnxruntime (CPU unless another provider is given).
+
+    It is a member like a checkpoint's network (``cfg``, ``device``, ``predict_proba``), so
+    :func:`kelpseg.infer.assemble.assemble` and the ensemble engine take it alike.
+    """
+
+    device = "cpu"
 
     def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
         import onnxruntime as ort
@@ -228,12 +235,34 @@ class OnnxModel:
         self.batch_size = int(meta.get(META_BATCH, 8))
         self.tile_size = int(meta.get(META_TILE, 350))
 
-    def predict_proba(self, raw: np.ndarray) -> np.ndarray:
-        """Kelp probability ``(N, H, W)`` float32 of raw int16 tiles ``(N, 7, H, W)``."""
+    @property
+    def cfg(self) -> Any:
+        """The checkpoint's config (:class:`kelpseg.config.Config`)."""
+        from kelpseg.config import Config
+
+        return Config.model_validate(self.config)
+
+    def predict_proba(self, raw: Any) -> Any:
+        """Kelp probability ``(N, H, W)`` float32 of raw int16 tiles ``(N, 7, H, W)``: numpy
+        in, numpy out; a tensor in (the ensemble engine), a tensor out."""
+        if hasattr(raw, "cpu"):  # a torch tensor
+            import torch
+
+            return torch.from_numpy(self.predict_proba(raw.cpu().numpy()))
         raw = np.ascontiguousarray(raw, dtype=np.int16)
         if raw.ndim == 3:
             return self.predict_proba(raw[None])[0]
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: raw})[0]
+
+    def accept(self, raw: np.ndarray, path: Path) -> None:
+        """A tile of another side than the exported one is refused, naming it."""
+        from kelpseg.io import TileError
+
+        side = self.tile_size
+        if raw.shape[-2:] != (side, side):
+            raise TileError(
+                path, f"{raw.shape[-2]}x{raw.shape[-1]} px; this ONNX model takes {side}x{side}"
+            )
 
 
 class OnnxEngine:
@@ -259,13 +288,7 @@ class OnnxEngine:
 
     def accept(self, raw: np.ndarray, path: Path) -> None:
         """A tile of another side than the exported one is refused, naming it."""
-        from kelpseg.io import TileError
-
-        side = self.model.tile_size
-        if raw.shape[-2:] != (side, side):
-            raise TileError(
-                path, f"{raw.shape[-2]}x{raw.shape[-1]} px; this ONNX model takes {side}x{side}"
-            )
+        self.model.accept(raw, path)
 
 
 def predict_tiles_onnx(
@@ -280,41 +303,25 @@ def predict_tiles_onnx(
     proba_format: str = "float32",
     overwrite: bool = True,
 ) -> Any:
-    """:func:`kelpseg.infer.predict.predict_tiles` on an exported model (onnxruntime).
-
-    The same pipeline (:mod:`kelpseg.infer.pipeline`) and outputs: ``{id}_kelp.tif`` uint8
-    (255 nodata where the input is missing) and, when asked, ``{id}_proba.tif`` (float32 with
-    NaN there, or uint8), each keeping its input's georeference; atomic writes, and with
-    ``overwrite=False`` a rerun keeps the tiles this model and these settings already made. A
-    tile whose side differs from the exported one is reported (naming it) and skipped.
-    ``postprocess`` (a :class:`kelpseg.config.PostprocessConfig`) turns probabilities into
-    masks as in ``predict_tiles``. Returns a :class:`kelpseg.infer.pipeline.PredictResult`.
+    """:func:`kelpseg.infer.predict.predict_tiles` on an exported model (onnxruntime): the
+    same assembly of settings, pipeline and outputs. A tile whose side differs from the
+    exported one is reported (naming it) and skipped.
 
     Raises:
         ValueError: a threshold outside [0, 1], a batch size below 1, duplicate tile ids.
-        ExportError: the file is not a kelpseg ONNX model.
+        CheckpointError: the file is not a kelpseg ONNX model.
     """
-    from kelpseg.infer import pipeline
+    from kelpseg.infer.assemble import assemble
+    from kelpseg.infer.predict import predict_assembly
 
-    model = OnnxModel(model_path)
-    threshold = model.threshold if threshold is None else float(threshold)
-    outputs = pipeline.Outputs(
-        threshold=threshold,
-        cut=threshold,
-        probabilities=probabilities,
-        proba_format=proba_format,
-        postprocess=postprocess,
+    ens = assemble(
+        [model_path], threshold=threshold, batch_size=batch_size, postprocess=postprocess
     )
-    settings = {"backend": "onnx", **outputs.settings()}
-    engine = OnnxEngine(model)
-    batch_size = model.batch_size if batch_size is None else int(batch_size)
-    return pipeline.run(
-        engine,
+    return predict_assembly(
+        ens,
         items,
         out,
-        outputs,
-        batch_size=batch_size,
-        fingerprint=pipeline.fingerprint([model.path.read_bytes()], settings),
+        probabilities=probabilities,
+        proba_format=proba_format,
         overwrite=overwrite,
-        accept=engine.accept,
     )

@@ -1,9 +1,12 @@
-"""Post-processing of one tile's kelp probabilities into a mask (the ``postprocess`` config).
+"""The one mask step: kelp probabilities -> a kelp mask, for tiles and scenes alike.
 
-Pure functions on ``(H, W)`` arrays (scipy.ndimage), every step off by default: Gaussian
-smoothing of the probabilities, binary opening / closing with a disk radius, removal of small
-objects, filling of small holes, land masking by DEM > 0. Missing input pixels stay out of the
-smoothing and the objects and are 255 (nodata) in the mask :func:`apply` returns.
+:func:`to_mask` thresholds the probabilities and applies the ``postprocess`` config: pure
+functions on ``(H, W)`` arrays (scipy.ndimage), every step off by default: Gaussian smoothing of
+the probabilities, binary opening / closing with a disk radius, removal of small objects,
+filling of small holes, land masking. Missing input pixels stay out of the smoothing and the
+objects and are 255 (nodata) in the mask. Tiles (:func:`apply`) mask land only with
+``land_mask``; scenes (``kelpseg map``) always give land 0 and pixels not observed (water under a
+QA flag, outside the DEM) 255, from the coverage layer (:func:`scene_mask`).
 """
 
 from __future__ import annotations
@@ -77,22 +80,56 @@ def land(raw: np.ndarray) -> np.ndarray:
     return (dem > 0) & (dem != NODATA)
 
 
-def apply(
-    proba: np.ndarray, raw: np.ndarray, cfg: PostprocessConfig, threshold: float
+def to_mask(
+    proba: np.ndarray,
+    threshold: float,
+    missing: np.ndarray,
+    cfg: PostprocessConfig | None = None,
+    *,
+    land: np.ndarray | None = None,
+    unseen: np.ndarray | None = None,
 ) -> np.ndarray:
-    """One tile's uint8 mask: smooth, threshold, land mask, open, close, drop, fill; 255 where
-    the input is missing."""
-    missing = missing_pixels(raw)
+    """A uint8 mask (1 kelp, 0 not, 255 nodata): smooth, threshold, drop ``land`` (0), open,
+    close, drop small objects, fill small holes; 255 where ``missing`` or ``unseen``."""
+    cfg = cfg or PostprocessConfig()
+    off = missing if unseen is None else missing | unseen
     p = smooth(proba, cfg.smooth_sigma, ~missing)
-    mask = (p >= np.asarray(threshold, dtype=p.dtype)) & ~missing
-    if cfg.land_mask:
-        mask &= ~land(raw)
+    mask = (p >= np.asarray(threshold, dtype=p.dtype)) & ~off
+    if land is not None:
+        mask &= ~land
     mask = opening(mask, cfg.open_radius)
     mask = closing(mask, cfg.close_radius)
     mask = remove_small(mask, cfg.min_object_px)
-    mask = fill_holes(mask, cfg.fill_holes_px) & ~missing
-    if cfg.land_mask:
-        mask &= ~land(raw)
+    mask = fill_holes(mask, cfg.fill_holes_px) & ~off
+    if land is not None:
+        mask &= ~land
     out = mask.astype(np.uint8)
-    out[missing] = MASK_NODATA
+    out[off] = MASK_NODATA
     return out
+
+
+def apply(
+    proba: np.ndarray, raw: np.ndarray, cfg: PostprocessConfig, threshold: float
+) -> np.ndarray:
+    """One tile's uint8 mask (:func:`to_mask`); land masked by DEM > 0 with ``land_mask``."""
+    return to_mask(
+        proba, threshold, missing_pixels(raw), cfg, land=land(raw) if cfg.land_mask else None
+    )
+
+
+def scene_mask(
+    proba: np.ndarray, coverage: np.ndarray, threshold: float, cfg: PostprocessConfig | None = None
+) -> np.ndarray:
+    """A scene's uint8 mask (:func:`to_mask`) from its coverage codes
+    (:mod:`kelpseg.geo.coverage`): kelp only on clear water, land 0, water not observed and
+    pixels outside the DEM 255 (unknown), like missing pixels."""
+    from kelpseg.geo.coverage import CLOUDY_WATER, LAND, NO_DEM
+
+    return to_mask(
+        proba,
+        threshold,
+        coverage == MASK_NODATA,
+        cfg,
+        land=coverage == LAND,
+        unseen=(coverage == CLOUDY_WATER) | (coverage == NO_DEM),
+    )

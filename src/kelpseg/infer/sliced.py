@@ -4,7 +4,7 @@ The raster is cut into overlapping windows of the model's training size (``data.
 Window offsets step by ``window - overlap``; the last window of a row or column is moved back to
 end at the raster's edge, so only a raster smaller than one window is padded (bottom/right, with
 ``-32768`` = missing, as the training cache pads small tiles). Windows are batched, predicted by
-the ensemble engine (:class:`kelpseg.infer.members.Members`) and blended with a Hann weight
+the ensemble engine (:class:`kelpseg.infer.ensemble.Members`) and blended with a Hann weight
 (with a small floor, so the raster's own edges, seen only by window edges, still get weight);
 each pixel's probability is the weighted sum divided by the summed weights, so overlaps never
 change the scale. The weighted sums are kept only for the rows that windows still to come can
@@ -39,7 +39,7 @@ from kelpseg.io.tiles import BAND_NAMES, NODATA, _declared_nodata_to_missing, mi
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from kelpseg.infer.members import Members
+    from kelpseg.infer.ensemble import Members
 
 WEIGHT_FLOOR = 0.01
 """Smallest blend weight (relative to the window centre's 1)."""

@@ -29,10 +29,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kelpseg.infer.run_folder import THRESHOLD_FILE, finished_folds
 from kelpseg.io.raster import atomic_write_text
 from kelpseg.io.tiles import missing_pixels
 
-THRESHOLD_FILE = "threshold.json"
 CURVE_FILE = "threshold.png"
 CANDIDATES = np.round(np.arange(5, 96) / 100, 2)
 """Candidate thresholds: 0.05 .. 0.95 by 0.01 (0.5 included)."""
@@ -57,8 +57,6 @@ class OofBatch:
 def fold_checkpoints(out: Path, folds: list[int] | None = None) -> dict[int, Path]:
     """``{fold: checkpoint}`` of every finished fold (``OUT/fold*/result.json``), or of
     ``folds`` only."""
-    from kelpseg.infer.ensemble import finished_folds
-
     found = {f: ck for f, (ck, _) in finished_folds(out).items() if folds is None or f in folds}
     if not found:
         raise ThresholdError(f"{out}: no finished fold (fold*/result.json); run `kelpseg train`")
@@ -73,18 +71,8 @@ def _tables_folder(out: Path) -> Path:
     return out
 
 
-def _load_fold_model(ckpt: Path, device: str | None):
-    """A fold's network checkpoint, or an XGBoost baseline's ``model.json``."""
-    from kelpseg.baselines.xgb import is_xgb_model, load_xgb
-    from kelpseg.infer.predict import load_model
-
-    return load_xgb(ckpt) if is_xgb_model(ckpt) else load_model(ckpt, device=device)
-
-
 def fold_dices(out: Path) -> dict[int, float]:
     """``{fold: val Dice}`` of every finished fold (``OUT/fold*/result.json``)."""
-    from kelpseg.infer.ensemble import finished_folds
-
     return {f: d for f, (_, d) in finished_folds(out).items()}
 
 
@@ -103,6 +91,7 @@ def iter_oof(
     import torch
 
     from kelpseg.data.cache import open_cache
+    from kelpseg.infer.checkpoint import load_member
     from kelpseg.infer.tta import tta_proba
 
     checkpoints = fold_checkpoints(out, folds)
@@ -118,7 +107,7 @@ def iter_oof(
         if not ids:
             raise ThresholdError(f"{out / 'splits.csv'}: fold {fold} has no cached tiles")
         ids = ids[:limit] if limit is not None else ids
-        model = _load_fold_model(ckpt, device)
+        model = load_member(ckpt, device)
         bs = batch_size or model.cfg.predict.batch_for(model.device.type)
         rows = packed.row(ids)
         for start in range(0, len(ids), bs):
@@ -251,23 +240,19 @@ def rate_match(
     """The threshold at which the weighted mean of the members marks as much of the unlabelled
     ``raws`` as kelp as the weighted members do at ``member_threshold`` (no label is read).
     ``correct``: undo DEM shifts first for members trained with ``data.correct_dem_shift``.
-    The members run in the ensemble engine that predicts with them (:class:`Members`, at the
-    precision prediction uses on that device)."""
-    import torch
+    The members are assembled and run as prediction runs them
+    (:func:`kelpseg.infer.assemble.assemble`: the precision prediction uses on that device)."""
+    from kelpseg.infer.assemble import assemble
 
-    from kelpseg.data.dem_shift import correct_dem
-    from kelpseg.infer.members import Members
-    from kelpseg.infer.predict import PRECISIONS, default_precision
-
-    models = [_load_fold_model(c, device) for c in checkpoints]
-    dev = torch.device(models[0].device)
-    engine = Members(
-        models,
-        weights,
-        precision=PRECISIONS[default_precision(dev)],
-        tta=tta,
-        dem_fix=correct_dem if correct else (lambda r: r),  # cached tiles are corrected
+    ens = assemble(
+        checkpoints,
+        flags={"weights": ",".join(repr(float(v)) for v in weights), "tta": tta},
+        threshold=member_threshold,
+        device=device,
     )
+    engine = ens.engine()
+    if not correct:
+        engine.dem_fix = lambda r: r  # cached tiles are corrected
     w = np.asarray(engine.weights)
     t = np.float32(member_threshold)
     above = np.zeros(len(CANDIDATES) + 1, np.int64)
@@ -371,20 +356,3 @@ def tune_threshold(
     atomic_write_text(out / THRESHOLD_FILE, json.dumps(result, indent=2))
     plot_curve(result, out / CURVE_FILE)
     return result
-
-
-def read_threshold(out: Path, members: int = 1, vote: str = "soft") -> float | None:
-    """The tuned threshold of a run folder, or None when it was never tuned.
-
-    With ``members`` > 1 and an ``ensemble`` entry tuned for that many members: the mean's
-    threshold for a soft vote; for a hard vote each member is cut, so the members' own
-    (``member_threshold``). Otherwise the single models' out-of-fold threshold.
-    """
-    path = out / THRESHOLD_FILE
-    if not path.is_file():
-        return None
-    tuned = json.loads(path.read_text())
-    ens = tuned.get("ensemble") if members > 1 else None
-    if not isinstance(ens, dict) or len(ens.get("member_weights", {})) != members:
-        return float(tuned["threshold"])  # one model, or not the ensemble that was tuned
-    return float(ens["member_threshold" if vote == "hard" else "threshold"])

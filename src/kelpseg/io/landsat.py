@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -135,6 +136,20 @@ def is_scene_dir(path: Path) -> bool:
         return _files(Path(path)) is not None
     except SceneError:
         return True  # a scene folder, if a broken one: stacking it says what is wrong
+
+
+def scene_grid(folder: Path) -> tuple[Any, Any, tuple[int, int]]:
+    """``(crs, transform, (height, width))`` of a scene folder's grid (its ``QA_PIXEL``).
+
+    Raises:
+        SceneError: no scene in the folder, or an unreadable ``QA_PIXEL``.
+    """
+    files = _files(Path(folder))
+    if files is None:
+        raise SceneError(folder, "a folder without a Landsat scene (*_SR_B*.TIF, QA_PIXEL)")
+    with ExitStack() as stack:
+        src = _open(stack, files.qa)
+        return src.crs, src.transform, (src.height, src.width)
 
 
 def _walk(node: object) -> Iterator[tuple[str, object]]:
@@ -292,6 +307,17 @@ def _dem_vrt(stack: ExitStack, dem: Path, ref: rasterio.io.DatasetReader) -> War
     )
 
 
+def _read(src: Any, win: Window, what: str | None = None) -> np.ndarray:
+    """Band 1 of ``src`` in ``win``; a read error names the file (GDAL says "Read failed")."""
+    try:
+        return src.read(1, window=win)
+    except (RasterioError, OSError) as err:
+        name = what or Path(src.name).name
+        raise SceneError(src.name, f"{name}: reading rows {win.row_off}-"
+                         f"{win.row_off + win.height} failed ({first_line(err)}): truncated or "
+                         "corrupted?") from err  # fmt: skip
+
+
 def _stack_window(
     srcs: Sequence[rasterio.io.DatasetReader],
     qa_src: rasterio.io.DatasetReader,
@@ -302,17 +328,17 @@ def _stack_window(
     """The 7-band int16 block of one window."""
     h, w = int(win.height), int(win.width)
     out = np.empty((len(BAND_NAMES), h, w), np.int16)
-    qa = qa_src.read(1, window=win)
+    qa = _read(qa_src, win)
     fill = (qa & 1) != 0
     for i, src in enumerate(srcs):
-        dn = src.read(1, window=win)
+        dn = _read(src, win)
         fill |= dn == 0
         out[i] = np.minimum(dn, INT16_MAX)
     out[5] = qa_mask(qa, qa_bits)
     if vrt is None:
         out[6] = NODATA
     else:
-        z = vrt.read(1, window=win)
+        z = _read(vrt, win, "the DEM")
         ok = np.isfinite(z)
         out[6] = np.where(ok, np.clip(np.rint(np.where(ok, z, 0)), -INT16_MAX, INT16_MAX), NODATA)
     out[:, fill] = NODATA
@@ -328,6 +354,7 @@ def stack_scene(
     block: int = 1024,
     progress: bool = False,
     cache_mb: int = 64,
+    tags: Mapping[str, str] | None = None,
 ) -> SceneMeta:
     """Write the model's 7-band int16 input from a Collection 2 Level-2 scene folder.
 
@@ -351,6 +378,7 @@ def stack_scene(
         progress: Show a progress bar over windows.
         cache_mb: GDAL's block cache while stacking (``GDAL_CACHEMAX``; GDAL's default, 5 % of
             the RAM, would let memory grow with the scene up to that much).
+        tags: More tags for the output (e.g. the DEM's footprint, see ``kelpseg map``).
 
     Returns:
         The scene's metadata.
@@ -417,6 +445,7 @@ def stack_scene(
             "source": str(folder),
             "dem": str(dem) if dem is not None else "",
             "bands": ",".join(f"SR_B{b}" for b in wanted) + ",QA_PIXEL,DEM",
+            **(tags or {}),
         }
         wins = list(windows(qa_src.height, qa_src.width, block))
         try:

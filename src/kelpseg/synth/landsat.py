@@ -185,11 +185,42 @@ def _sr_bands(image: np.ndarray, missing: np.ndarray, code: str) -> dict[int, np
     return out
 
 
+SENSOR_YEARS = {
+    "LANDSAT_4": (1982, 1993),
+    "LANDSAT_5": (1984, 2011),  # TM imaging ended in November 2011
+    "LANDSAT_7": (1999, 2024),
+    "LANDSAT_8": (2013, None),
+    "LANDSAT_9": (2021, None),
+}
+"""Years each sensor imaged (None: still flying)."""
+DEFAULT_DATES = {
+    "LANDSAT_4": dt.date(1988, 8, 15),
+    "LANDSAT_5": dt.date(2005, 8, 15),
+    "LANDSAT_7": dt.date(2001, 8, 15),  # before the SLC failure of May 2003
+    "LANDSAT_8": dt.date(2021, 8, 15),
+    "LANDSAT_9": dt.date(2022, 8, 15),
+}
+"""A late-summer date within each sensor's life, when none is given."""
+
+
+def sensor_date(sensor: str, date: dt.date | None) -> dt.date:
+    """``date``, or the sensor's default one; ValueError for a date the sensor never saw."""
+    if sensor not in SENSOR_YEARS:
+        raise ValueError(f"unknown sensor {sensor!r}: choose from {', '.join(SENSOR_YEARS)}")
+    if date is None:
+        return DEFAULT_DATES[sensor]
+    first, last = SENSOR_YEARS[sensor]
+    if date.year < first or (last is not None and date.year > last):
+        span = f"{first}-{last}" if last else f"{first} on"
+        raise ValueError(f"{sensor} imaged {span}, not on {date.isoformat()}")
+    return date
+
+
 def render_landsat(
     *,
     size: int | tuple[int, int] = 1024,
     sensor: str = "LANDSAT_8",
-    date: dt.date = dt.date(2021, 8, 15),
+    date: dt.date | None = None,
     seed: int = 0,
     area_seed: int | None = None,
     acquisition: int = 0,
@@ -200,6 +231,7 @@ def render_landsat(
     """Render a scene in memory (see :func:`write_landsat_scene` for the arguments)."""
     if sensor not in SENSOR_CODES:
         raise ValueError(f"unknown sensor {sensor!r}: choose from {', '.join(SENSOR_CODES)}")
+    date = sensor_date(sensor, date)
     if not 0.0 <= cloud_fraction < 1.0:
         raise ValueError(f"cloud_fraction must be in [0, 1), got {cloud_fraction}")
     h, w = _shape(size)
@@ -368,7 +400,7 @@ def write_landsat_scene(
     *,
     size: int | tuple[int, int] = 1024,
     sensor: str = "LANDSAT_8",
-    date: dt.date = dt.date(2021, 8, 15),
+    date: dt.date | None = None,
     seed: int = 0,
     area_seed: int | None = None,
     cloud_fraction: float = 0.1,
@@ -386,7 +418,9 @@ def write_landsat_scene(
         size: Side, or ``(rows, cols)``, in 30 m pixels.
         sensor: ``SPACECRAFT_ID``: LANDSAT_4/5/7/8/9 (band names and noise follow it;
             LANDSAT_7 after 31 May 2003 has SLC-off gaps).
-        date: ``DATE_ACQUIRED`` (season and year drive the kelp abundance).
+        date: ``DATE_ACQUIRED`` (season and year drive the kelp abundance); default a late
+            summer within the sensor's life (:data:`DEFAULT_DATES`); a date the sensor
+            never imaged is refused.
         seed: Seed of the date (clouds, kelp extent, confusers).
         area_seed: Seed of the area (coast, DEM, kelp beds, grid); default ``seed``.
         cloud_fraction: Share of opaque cloud.
@@ -399,6 +433,7 @@ def write_landsat_scene(
         Where everything lies, the scene's metadata and the true kelp area.
     """
     out = Path(out)
+    date = sensor_date(sensor, date)
     r = render_landsat(
         size=size,
         sensor=sensor,
