@@ -110,6 +110,7 @@ def test_kelp_only_on_observed_water_and_polygons_agree(ckpt: Path, scene, tmp_p
     beds = pyogrio.read_dataframe(maps / sid / f"{sid}_kelp.gpkg")
     assert beds["area_ha"].sum() == pytest.approx(info["kelp_ha"])  # polygons = kelp_ha
     assert set(beds["scene_id"]) == {sid} and set(beds["date"]) == {info["date"]}
+    assert info["footprint"] == sid.split("_")[2] and set(beds["footprint"]) == {sid.split("_")[2]}
     assert info["dem"]["coverage"] == 1.0 and info["dem"]["files"] == [str(scene.dem)]
     assert 0 < info["dem"]["land_fraction"] < 1
     with rasterio.open(maps / sid / f"{sid}_kelp.tif") as src:

@@ -197,7 +197,21 @@ def timeseries(
     ),
     aoi: Annotated[
         Path | None,
-        typer.Option(help="Area of interest (GeoJSON, GeoPackage...); default: whole scenes."),
+        typer.Option(
+            help="Areas of interest (GeoPackage, GeoJSON, shapefile...): one series per feature, "
+            "named by its name/id column; default: whole scenes."
+        ),
+    ] = None,
+    aoi_crs: Annotated[
+        str | None,
+        typer.Option(help="The AOI's CRS (e.g. EPSG:32611) when its file has none or a wrong one."),
+    ] = None,
+    aoi_union: Annotated[
+        bool, typer.Option("--aoi-union", help="One AOI: the union of every feature.")
+    ] = False,
+    quarterly: Annotated[
+        Path | None,
+        typer.Option(help="Also write Kelpwatch-style quarters (max, well-observed mean) here."),
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw the series to this PNG.")] = None,
     min_observed: Annotated[
@@ -213,34 +227,51 @@ def timeseries(
     ] = None,
     strict: StrictOpt = False,
 ) -> None:
-    """Kelp area per acquisition (inside --aoi) with the observed fraction of the water, so a
-    cloudy date is not read as kelp loss -> CSV (+ plot). (kelpseg.geo.timeseries)"""
-    from kelpseg.geo.timeseries import plot_series, read_aoi, scene_series, tile_series
-    from kelpseg.io.raster import atomic_write_text
+    """Kelp area per acquisition and footprint (inside each --aoi feature) with the observed
+    fraction of the water, so a cloudy date is not read as kelp loss -> CSV (+ quarters, plot).
+    (kelpseg.geo.timeseries)"""
+    from kelpseg.geo.timeseries import (
+        footprint_warning,
+        plot_series,
+        read_aoi,
+        scene_series,
+        tile_series,
+        write_table,
+    )
+    from kelpseg.geo.timeseries import quarterly as quarters_of
 
     if groups is None and tiles is not None:
         fail(ValueError("--tiles goes with --groups (competition tiles mode)"))
-    if groups is not None and aoi is not None:
-        fail(ValueError("--aoi needs a `kelpseg map` folder; tiles are grouped by --groups"))
+    if groups is not None and (aoi or aoi_crs or aoi_union or quarterly):
+        fail(ValueError("--aoi* and --quarterly need a `kelpseg map` folder (tiles: --groups)"))
+    if aoi is None and (aoi_crs or aoi_union):
+        fail(ValueError("--aoi-crs and --aoi-union go with --aoi"))
     try:
         if groups is not None:
             table, report, ungrouped = tile_series(maps, groups, tiles, min_observed=min_observed)
         else:
-            area = read_aoi(aoi) if aoi is not None else None
+            area = read_aoi(aoi, crs=aoi_crs, union=aoi_union) if aoi is not None else None
             table, report = scene_series(maps, area, min_observed=min_observed)
         report.finish(strict=strict)
-        atomic_write_text(out, table.to_csv(index=False))
-        if plot is not None and not table.empty:
+        if table.empty:
+            why = f"has an AOI group in {groups}" if groups else f"overlaps the AOI {aoi}"
+            raise ValueError(f"{maps}: no acquisition {why}")
+        quarters = quarters_of(table) if quarterly is not None else None
+        # everything is known: only now write (each file atomically), nothing on failure
+        if plot is not None:
             plot_series(table, plot, min_observed=min_observed)
+        if quarters is not None and quarterly is not None:
+            write_table(quarters, quarterly)
+        write_table(table, out)
     except (NothingValidError, FileNotFoundError, ValueError, OSError) as err:
         fail(err)
-    if table.empty:
-        why = f"has an AOI group in {groups}" if groups else f"overlaps the AOI {aoi}"
-        fail(ValueError(f"{maps}: no acquisition {why}"))
     if table["pixel_area_assumed"].any():
         typer.echo(
             "note: rasters without a CRS: 30 m x 30 m pixels assumed (column pixel_area_assumed)"
         )
+    warning = footprint_warning(table)
+    if warning:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
     if groups is not None:
         typer.echo(
             f"tiles carry no date: one series per AOI group ({table['aoi'].nunique()}), "
@@ -253,9 +284,13 @@ def timeseries(
         if tiles is None:
             typer.echo("no --tiles: water and observed fraction left empty")
     poor = table["well_observed"] == False  # noqa: E712 (NA in tiles mode without --tiles)
-    kelp = table.loc[~poor, "kelp_ha"]
-    span = f"kelp {kelp.min():.1f} to {kelp.max():.1f} ha" if len(kelp) else "no well-observed row"
+    kelp = table.loc[~poor, "kelp_ha"].dropna()
+    span = f"kelp {kelp.min():.2f} to {kelp.max():.2f} ha" if len(kelp) else "no well-observed row"
+    blind = int(table["kelp_ha"].isna().sum())
+    unseen = f", {blind} without clear water (kelp_ha empty)" if blind else ""
+    written = [str(p) for p in (quarterly, plot) if p is not None]
     typer.echo(
         f"{len(table)} rows, {span} where well observed, {int(poor.sum())} poorly observed "
-        f"(observed fraction < {min_observed}) -> {out}" + (f", {plot}" if plot else "")
+        f"(observed fraction < {min_observed}){unseen} -> {out}"
+        + "".join(f", {w}" for w in written)
     )

@@ -37,12 +37,14 @@ import pandas as pd
 from kelpseg import __version__
 from kelpseg.geo.coverage import CLEAR_WATER, CLOUDY_WATER, LAND, NAMES, NO_DEM, coverage_codes
 from kelpseg.geo.dem import WITHOUT_DEM, DemChoice, DemError, Dems
+from kelpseg.geo.footprint import footprint_id
 from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
 from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA
 
 AREAS_COLUMNS = [
     "scene_id",
+    "footprint",
     "sensor",
     "date",
     "kelp_ha",
@@ -280,7 +282,8 @@ def _map_raster(
         georef = georef_of(src)
         H, W = src.height, src.width
         common = {"height": H, "width": W, "georef": georef, "compress": settings.compress}
-        tags = {"threshold": str(threshold), **tags}
+        footprint_of = footprint_id(sid, georef.crs, georef.transform, (H, W))
+        tags = {"threshold": str(threshold), "footprint": footprint_of, **tags}
         writers = {
             "coverage": CogWriter(
                 names["coverage"],
@@ -366,7 +369,7 @@ def _map_raster(
             writers["proba"].path.unlink(missing_ok=True)
     with open_raster(names["kelp"]) as src:
         mask = src.read(1)  # polygons need the whole mask: 1 byte per pixel
-    info = _polygons(mask, georef, folder, scene, settings)
+    info = _polygons(mask, georef, folder, scene, settings, footprint_of)
     del mask
     _, assumed = row_areas_ha(georef.crs, georef.transform, 1)
     look.save(
@@ -378,6 +381,7 @@ def _map_raster(
     )
     water, clear = ha[CLEAR_WATER] + ha[CLOUDY_WATER], ha[CLEAR_WATER]
     return {
+        "footprint": footprint_of,
         "crs": georef.crs.to_wkt() if georef.crs is not None else None,
         "pixel_area_assumed": bool(assumed),
         # unobserved is empty, never 0: no clear water means nothing could be seen
@@ -451,7 +455,12 @@ def _pixel_m(georef: Any) -> float | None:
 
 
 def _polygons(
-    mask: np.ndarray, georef: Any, folder: Path, scene: SceneInput, settings: MapSettings
+    mask: np.ndarray,
+    georef: Any,
+    folder: Path,
+    scene: SceneInput,
+    settings: MapSettings,
+    footprint: str,
 ) -> dict[str, Any]:
     from kelpseg.geo.vector import kelp_polygons, write_polygons
 
@@ -461,7 +470,12 @@ def _polygons(
         georef.crs,
         min_area_ha=settings.min_area_ha,
         nodata=MASK_NODATA,
-        attributes={"scene_id": scene.scene_id, "date": scene.date, "sensor": scene.sensor},
+        attributes={
+            "scene_id": scene.scene_id,
+            "footprint": footprint,
+            "date": scene.date,
+            "sensor": scene.sensor,
+        },
     )
     write_polygons(polys, folder / f"{scene.scene_id}_kelp.gpkg", geojson=settings.geojson)
     return {"polygons": len(polys), "polygons_ha": float(polys["area_ha"].sum())}
@@ -478,7 +492,8 @@ def _rounded(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def rebuild_areas(maps: Path) -> Path | None:
-    """``MAPS/areas.csv`` from every ``MAPS/*/scene.json`` (atomic), sorted by date and id;
+    """``MAPS/areas.csv`` from every ``MAPS/*/scene.json`` (atomic), sorted by footprint, date
+    and id;
     nothing is written when no scene is done (no header-only file)."""
     rows = []
     for path in sorted(maps.glob("*/scene.json")):
@@ -491,7 +506,7 @@ def rebuild_areas(maps: Path) -> Path | None:
     if not rows:
         return None
     table = pd.DataFrame(rows, columns=AREAS_COLUMNS)
-    table = table.sort_values(["date", "scene_id"], na_position="last", kind="stable")
+    table = table.sort_values(["footprint", "date", "scene_id"], na_position="last", kind="stable")
     return atomic_write_text(maps / "areas.csv", table.to_csv(index=False))
 
 
@@ -716,6 +731,7 @@ def _map_locked(
     dem.coverage, dem.land_fraction = info["dem_coverage"], info["land_fraction"]
     record = {
         "scene_id": sid,
+        "footprint": info.pop("footprint"),
         "sensor": scene.sensor,
         "date": scene.date,
         "source": str(scene.source.resolve()),
