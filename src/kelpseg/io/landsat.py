@@ -479,10 +479,12 @@ def stack_landsat_files(
     progress: bool = False,
     cache_mb: int = 64,
     source: Path | None = None,
+    extra_tags: Mapping[str, str] | None = None,
 ) -> SceneMeta:
     """:func:`stack_scene` from explicit files (a scene folder's, or a STAC item's assets).
 
-    ``source`` is what errors and the ``source`` tag name (default ``meta.folder``).
+    ``source`` is what errors and the ``source`` tag name (default ``meta.folder``);
+    ``extra_tags`` are added to the file's tags.
 
     Raises:
         SceneError: naming the file and the problem.
@@ -527,6 +529,7 @@ def stack_landsat_files(
             "qa_bits": ",".join(qa_bits),
             "source": str(source),
             "bands": ",".join(files.labels) + ",QA_PIXEL,DEM",
+            **(extra_tags or {}),
         }
         write_stack(
             out,
