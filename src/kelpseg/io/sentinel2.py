@@ -347,12 +347,12 @@ class _Resampler:
         c1, r1 = min(c1, self.src.width), min(r1, self.src.height)
         return Window(c0, r0, c1 - c0, r1 - r0)
 
-    def average(self, arrays: np.ndarray, src_win: Window, win: Window) -> np.ndarray:
-        """``(n, h, w)`` source arrays of ``src_win`` -> ``(n, H, W)`` float32 area averages
-        on the 30 m window ``win``."""
-        out = np.zeros((arrays.shape[0], int(win.height), int(win.width)), np.float32)
+    def average(self, array: np.ndarray, src_win: Window, win: Window) -> np.ndarray:
+        """A ``(h, w)`` source array of ``src_win`` (uint8, uint16 or float32) -> ``(H, W)``
+        float32 area averages on the 30 m window ``win``."""
+        out = np.zeros((int(win.height), int(win.width)), np.float32)
         reproject(
-            arrays.astype(np.float32, copy=False),
+            array,
             out,
             src_transform=window_transform(src_win, self.src.transform),
             src_crs=self.src.crs,
@@ -413,22 +413,22 @@ def stack_sentinel2_files(
             h, w = int(win.height), int(win.width)
             refl = np.empty((len(srcs), h, w), np.int16)
             fill = np.zeros((h, w), bool)
-            for res, idx in groups.items():
+            for res, idx in groups.items():  # one band at a time: memory ~ one 10 m band
                 rs = resamplers[res]
                 sw = rs.window(win)
-                dn = np.stack([srcs[i].read(1, window=sw) for i in idx])
-                missing = (dn == 0).any(axis=0)
-                avg = rs.average(np.concatenate([dn, missing[None]]), sw, win)
-                fill |= avg[-1] > ANY
-                for k, i in enumerate(idx):
-                    rho = avg[k].astype(np.float64) * files.scale[i] + files.offset[i]
-                    refl[i] = to_landsat_dn(rho)
+                missing = None
+                for i in idx:
+                    dn = srcs[i].read(1, window=sw)
+                    missing = (dn == 0) if missing is None else (missing | (dn == 0))
+                    rho = rs.average(dn, sw, win).astype(np.float64) * files.scale[i]
+                    refl[i] = to_landsat_dn(rho + files.offset[i])
+                    del dn
+                fill |= rs.average(missing.view(np.uint8), sw, win) > ANY
             sw = scl_rs.window(win)
             c = scl.read(1, window=sw)
-            flags = np.stack([np.isin(c, SCL_MISSING), np.isin(c, flagged)])
-            avg = scl_rs.average(flags, sw, win)
-            fill |= avg[0] > ANY
-            return refl, avg[1] > ANY, fill
+            fill |= scl_rs.average(np.isin(c, SCL_MISSING).view(np.uint8), sw, win) > ANY
+            qa = scl_rs.average(np.isin(c, flagged).view(np.uint8), sw, win) > ANY
+            return refl, qa, fill
 
         tags = {
             "scene_id": meta.scene_id,

@@ -239,7 +239,7 @@ class _Finder:
         if key in self.visited_dirs:
             return
         self.visited_dirs.add(key)
-        if is_safe_dir(d):
+        if is_safe_dir(d) or (d / MTD_NAME).is_file():  # a .SAFE, even renamed
             self._try(_safe, d)
             return
         if is_scene_dir(d):
