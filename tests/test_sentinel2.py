@@ -113,6 +113,30 @@ def test_fill_where_any_nodata_or_defective_pixel_overlaps(products) -> None:
     assert (st[:, r, c] == NODATA).all()
 
 
+def test_a_saturated_10_m_pixel_makes_its_30_m_pixel_missing(products, tmp_path: Path) -> None:
+    safe, stacked = products["02.14"]
+    copy = tmp_path / safe.path.name
+    shutil.copytree(safe.path, copy)
+    b02 = next(copy.rglob("*_B02_10m.jp2"))
+    with rasterio.open(b02) as src:
+        data, crs, transform = src.read(1), src.crs, src.transform
+    valid = np.argwhere(_read(safe.truth)[0] != 255)
+    r, c = valid[len(valid) // 2]
+    data[3 * r + 1, 3 * c + 2] = 65535
+    lossless = {"QUALITY": 100, "REVERSIBLE": "YES"}
+    shape = {"width": data.shape[1], "height": data.shape[0], "count": 1, "dtype": "uint16"}
+    with rasterio.open(
+        b02, "w", driver="JP2OpenJPEG", crs=crs, transform=transform, **shape, **lossless
+    ) as dst:
+        dst.write(data, 1)
+    out = tmp_path / "sat.tif"
+    stack_safe(copy, out, safe.dem, block=32)
+    before, after = _read(stacked), _read(out)
+    assert (after[:, r, c] == NODATA).all() and (before[:, r, c] != NODATA).all()
+    after[:, r, c] = before[:, r, c]
+    assert np.array_equal(before, after)
+
+
 def test_qa_is_one_where_any_flagged_scl_pixel_overlaps(products) -> None:
     safe, stacked = products["04.00"]
     qa = _read(stacked)[5]

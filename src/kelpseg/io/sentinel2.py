@@ -9,8 +9,8 @@ add an offset of -1000; older products none); DN 0 is nodata.
 Every band is resampled onto a 30 m grid with the tile's own CRS and origin by **area
 averaging** (GDAL's ``average``, which weights each 10/20 m pixel by the area it shares with the
 30 m pixel), then turned into Landsat-like DN (``(rho + 0.2) / 0.0000275``). A 30 m pixel is
-missing (-32768 in all bands) when any 10/20 m pixel it overlaps is nodata, or SCL 0 (no data)
-or 1 (saturated/defective): its value would describe only part of its area. QA is 1 when any
+missing (-32768 in all bands) when any 10/20 m pixel it overlaps is nodata (DN 0) or saturated
+(DN 65535), or SCL 0 (no data) or 1 (saturated/defective): its value would describe only part of its area. QA is 1 when any
 SCL pixel it overlaps is a chosen class (default 3 cloud shadow, 8/9 cloud medium/high
 probability, 10 thin cirrus): "any", not the majority class, because a 30 m pixel overlaps four
 20 m SCL pixels with weights 4/9, 2/9, 2/9, 1/9, and a majority vote would call a pixel clear
@@ -56,6 +56,9 @@ BAND_IDS: tuple[str, ...] = (
 )  # fmt: skip
 """``band_id`` of the metadata's per-band lists (used where it has no Spectral_Information)."""
 MTD_NAME = "MTD_MSIL2A.xml"
+SATURATED = 65535
+"""The products' special value for a saturated pixel (0 is nodata): both make a 30 m pixel
+they overlap missing."""
 SCL_MISSING = (0, 1)
 """SCL classes that make a pixel missing: 0 no data, 1 saturated or defective."""
 SCL_CLASSES: dict[str, tuple[int, ...]] = {
@@ -419,7 +422,8 @@ def stack_sentinel2_files(
                 missing = None
                 for i in idx:
                     dn = srcs[i].read(1, window=sw)
-                    missing = (dn == 0) if missing is None else (missing | (dn == 0))
+                    bad = (dn == 0) | (dn == SATURATED)
+                    missing = bad if missing is None else (missing | bad)
                     rho = rs.average(dn, sw, win).astype(np.float64) * files.scale[i]
                     refl[i] = to_landsat_dn(rho + files.offset[i])
                     del dn
