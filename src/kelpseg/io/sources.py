@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,7 +207,7 @@ class _Finder:
         self.visited_stac: set[Path] = set()
         self.visited_dirs: set[Path] = set()
 
-    def _try(self, fn, *args) -> None:
+    def _try(self, fn: Callable[..., object], *args: object) -> None:
         try:
             got = fn(*args)
         except TileError as err:
