@@ -47,38 +47,56 @@ NoDemOpt = Annotated[
 @app.command()
 @reports(TileError, ValueError, OSError)
 def stack(
-    scene: Annotated[Path, typer.Argument(help="A Landsat Collection 2 Level-2 scene folder.")],
+    scene: Annotated[
+        Path,
+        typer.Argument(
+            help="A Landsat Collection 2 Level-2 scene folder, an HLS granule, a Sentinel-2 L2A "
+            ".SAFE folder or a local STAC item."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The 7-band GeoTIFF to write.")],
     dem: DemOpt = None,
     qa_bits: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="QA_PIXEL flags that make QA = 1: fill, dilated_cloud, cirrus, cloud, "
-            "cloud_shadow, snow, cloud_conf_medium, cloud_conf_high, shadow_conf_high, "
-            "snow_conf_high, cirrus_conf_high."
+            help="Flags that make QA = 1 (each sensor's equivalent): fill, dilated_cloud, "
+            "cirrus, cloud, cloud_shadow, snow, cloud_conf_medium, cloud_conf_high, "
+            "shadow_conf_high, snow_conf_high, cirrus_conf_high; default: each sensor's "
+            "(Landsat: fill, dilated_cloud, cirrus, cloud, cloud_shadow)."
         ),
-    ] = ",".join(("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow")),
+    ] = None,
     block: Annotated[
         int, typer.Option(min=16, help="Window side in px (memory per window).")
     ] = 1024,
 ) -> None:
-    """Scene folder (+ DEM) -> the model's 7-band int16 input (SWIR1, NIR, Red, Green, Blue, QA,
-    DEM; -32768 fill), written window by window; the DEM's files and footprint are tagged.
-    (kelpseg.io.landsat, kelpseg.geo.dem)"""
+    """A scene or product (+ DEM) -> the model's 7-band int16 input (SWIR1, NIR, Red, Green,
+    Blue, QA, DEM; -32768 fill), written window by window; the DEM's files and footprint are
+    tagged. (kelpseg.io.sources, kelpseg.io.landsat, kelpseg.geo.dem)"""
     from kelpseg.geo.dem import Dems
-    from kelpseg.io.landsat import read_scene_meta, scene_grid, stack_scene
+    from kelpseg.io.sources import find_sources, source_grid, stack_source
 
     if out.exists() and out.is_dir():
         fail(IsADirectoryError(f"-o {out}: a folder, give the .tif file to write"))
-    tags = {}
+    found, broken = find_sources([scene])
+    if broken:
+        raise broken[0]
+    wanted = [s for s in found if s.kind != "raster"]
+    if not wanted:
+        rasters = " (only 7-band rasters, which need no stacking)" * bool(found)
+        fail(FileNotFoundError(f"{scene}: no Landsat scene folder, HLS granule, Sentinel-2 "
+                               f".SAFE or STAC item{rasters}"))  # fmt: skip
+    if len(wanted) > 1:
+        what = ", ".join(s.scene_id for s in wanted[:5])
+        usage(f"{scene}: stack takes one scene or product, found {len(wanted)} ({what})")
+    src = wanted[0]
+    tags: dict[str, str] = {}
     path = None
     if dem is not None:
-        meta = read_scene_meta(scene)
-        crs, transform, shape = scene_grid(scene)
+        g = source_grid(src)
+        choice = Dems(dem).choose(src.scene_id, src.path, g.crs, g.transform, (g.height, g.width))
         out.parent.mkdir(parents=True, exist_ok=True)
-        choice = Dems(dem).choose(meta.scene_id, scene, crs, transform, shape)
         path = choice.source(out.parent)
-        tags["dem"] = ",".join(str(f) for f in choice.files)
+        tags["dem_files"] = ",".join(str(f) for f in choice.files)
         if choice.footprint is not None:
             tags["dem_footprint"] = choice.footprint.wkt
     else:
@@ -87,10 +105,9 @@ def stack(
             "(`kelpseg map` refuses such a raster unless --no-dem)",
             err=True,
         )
+    bits = qa_bits.split(",") if qa_bits else None
     try:
-        meta = stack_scene(
-            scene, out, path, qa_bits=qa_bits.split(","), block=block, progress=True, tags=tags
-        )
+        meta = stack_source(src, out, path, qa_bits=bits, block=block, progress=True, tags=tags)
     finally:
         if path is not None and path.name.endswith(".dem.vrt"):
             path.unlink(missing_ok=True)

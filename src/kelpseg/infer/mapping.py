@@ -40,6 +40,7 @@ from kelpseg.geo.dem import WITHOUT_DEM, DemChoice, DemError, Dems
 from kelpseg.geo.footprint import footprint_id
 from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
+from kelpseg.io.sources import find_sources
 from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA
 
 AREAS_COLUMNS = [
@@ -94,57 +95,46 @@ class MapResult:
 
 @dataclass(frozen=True)
 class SceneInput:
-    """What one input is, before any stacking."""
+    """What one input is, before any stacking (from :func:`kelpseg.io.sources.find_sources`)."""
 
     source: Path
     scene_id: str
     sensor: str | None
     date: str | None
     is_folder: bool
+    """Whether it must be stacked first (a scene or product), or is a 7-band raster."""
+    origin: Any = None
+    """The :class:`kelpseg.io.sources.Source` it was found as."""
+    files: tuple[Path, ...] = ()
+
+    @classmethod
+    def of(cls, src: Any) -> SceneInput:
+        return cls(
+            src.path,
+            src.scene_id,
+            src.sensor or None,
+            src.date.isoformat() if src.date else None,
+            src.kind != "raster",
+            src,
+            tuple(src.files),
+        )
 
 
-def describe_input(source: Path) -> SceneInput:
-    """Scene id, sensor and date of a scene folder (its MTL) or a raster (its tags, else its
-    file stem).
-
-    Raises:
-        MapError: not found, not a scene folder, not a readable raster.
-    """
-    if not source.exists():
-        raise MapError(source, "not found")
-    if source.is_dir():
-        from kelpseg.io.landsat import is_scene_dir, read_scene_meta
-
-        if not is_scene_dir(source):
-            raise MapError(source, "a folder without a Landsat scene (*_SR_B*.TIF, QA_PIXEL)")
-        meta = read_scene_meta(source)
-        return SceneInput(source, meta.scene_id, meta.sensor, meta.date.isoformat(), True)
-    try:
-        with open_raster(source) as src:
-            tags = src.tags()
-    except Exception as err:  # rasterio raises several kinds for non-rasters
-        raise MapError(source, f"not a readable raster: {first_line(err)}") from err
-    return SceneInput(
-        source, tags.get("scene_id") or source.stem, tags.get("sensor"), tags.get("date"), False
-    )
-
-
-def _input_stamp(path: Path) -> list[Any]:
-    """What identifies an input's content cheaply: names, sizes, modification times."""
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+def _stamp(files: list[Path]) -> list[Any]:
+    """What identifies files' content cheaply: names, sizes, modification times."""
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def fingerprint(
-    model_hash: str, ens_settings: dict, settings: MapSettings, source: Path, dems: list[Path]
+    model_hash: str, ens_settings: dict, settings: MapSettings, inputs: list[Path], dems: list[Path]
 ) -> str:
     """Models, settings and input (and DEM) stamps hashed: a rerun keeps only matching scenes."""
     stamp = {
         "models": model_hash,
         "ensemble": ens_settings,
         "settings": settings.as_dict(),
-        "input": _input_stamp(source),
-        "dem": [_input_stamp(d) for d in dems],
+        "input": _stamp(sorted(inputs)),
+        "dem": _stamp(dems),
     }
     return hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -576,9 +566,13 @@ def map_inputs(
     engine = ens.engine(spread=True, slices=settings.slices)
     engine.batch_size = ens.batch_size
     taken: dict[str, Path] = {}  # scene id -> the input mapped under it in this call
-    for source in inputs:
+    found, broken = find_sources(inputs)
+    for err in broken:
+        result.report.add(err)
+    for src in found:
+        source = src.path
         try:
-            scene = describe_input(source)
+            scene = SceneInput.of(src)
             if scene.scene_id in taken:
                 raise MapError(
                     source, f"same scene id {scene.scene_id!r} as {taken[scene.scene_id]}: "
@@ -639,7 +633,7 @@ def _raster_dem(scene: SceneInput, dems: Dems) -> DemChoice:
     if not has_dem:
         return DemChoice(WITHOUT_DEM)
     footprint = wkt.loads(tags["dem_footprint"]) if tags.get("dem_footprint") else None
-    files = [Path(f) for f in tags.get("dem", "").split(",") if f]
+    files = [Path(f) for f in tags.get("dem_files", "").split(",") if f]
     return DemChoice("band 7 of the input", [], files, footprint)
 
 
@@ -657,13 +651,13 @@ def _map_one(
     folder = maps / scene.scene_id
     source = scene.source
     if scene.is_folder:
-        from kelpseg.io.landsat import scene_grid
+        from kelpseg.io.sources import source_grid
 
-        crs, transform, shape = scene_grid(source)
-        dem = dems.choose(scene.scene_id, source, crs, transform, shape)
+        g = source_grid(scene.origin)
+        dem = dems.choose(scene.scene_id, source, g.crs, g.transform, (g.height, g.width))
     else:
         dem = _raster_dem(scene, dems)
-    fp = fingerprint(ens.model_hash, ens.settings(), settings, source, dem.files)
+    fp = fingerprint(ens.model_hash, ens.settings(), settings, list(scene.files), dem.files)
     if not overwrite and _done(folder, fp):
         return True, folder
     with scene_lock(folder) as mine:
@@ -702,10 +696,10 @@ def _map_locked(
     raster, stacked = scene.source, None
     try:
         if scene.is_folder:
-            from kelpseg.io.landsat import stack_scene
+            from kelpseg.io.sources import stack_source
 
             stacked = folder / f".{sid}_stack.tif.tmp"
-            stack_scene(scene.source, stacked, dem.source(folder))
+            stack_source(scene.origin, stacked, dem.source(folder))
             raster = stacked
         info = map_raster(
             engine,
