@@ -282,3 +282,34 @@ def test_an_archive_of_every_kind_is_mapped_each_with_its_dem(ckpt: Path, tmp_pa
     fp = dict(zip(table["scene_id"], table["footprint"], strict=True))
     assert fp[hls.granule_id] == hls.tile and fp[s2.product_id] == s2.tile
     assert fp[l8.meta.scene_id] == l8.meta.scene_id.split("_")[2]
+
+
+def test_two_map_processes_on_the_same_scenes_both_finish(ckpt: Path, tmp_path: Path) -> None:
+    """Two real `kelpseg map` processes on one MAPS folder: neither crashes, every scene is
+    mapped once (the other skips it while it is locked, or keeps it once done)."""
+    import subprocess
+    import sys
+
+    from kelpseg.io import write_raster
+    from tests.test_map import UTM
+    from tests.test_sliced import _raster
+
+    inputs = [
+        write_raster(tmp_path / f"s{i}.tif", _raster(180, 200, seed=i), georef=UTM)
+        for i in range(4)
+    ]
+    maps = tmp_path / "maps"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    args = [sys.executable, "-m", "kelpseg", "map", "-m", str(ckpt), *map(str, inputs)]
+    procs = [
+        subprocess.Popen([*args, "-o", str(maps)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+        assert "Traceback" not in out
+    assert sorted(p.parent.name for p in maps.glob("*/scene.json")) == ["s0", "s1", "s2", "s3"]
+    assert len(pd.read_csv(maps / "areas.csv")) == 4
+    assert not list(maps.glob("*/.*.tmp*"))
