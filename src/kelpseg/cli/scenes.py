@@ -120,8 +120,9 @@ def map_cmd(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="Landsat Collection 2 Level-2 scene folders (stacked on the fly) or 7-band "
-            "int16 rasters of any size.",
+            help="Landsat Collection 2 Level-2 scene folders, HLS granules, Sentinel-2 L2A .SAFE "
+            "folders, local STAC items or catalogs (each stacked on the fly), 7-band int16 "
+            "rasters of any size, or folders of any of these (searched recursively).",
             show_default=False,
         ),
     ],
