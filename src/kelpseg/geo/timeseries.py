@@ -1,7 +1,8 @@
 """Kelp area per acquisition (``kelpseg timeseries``), with how much of the water was seen.
 
 A scene's kelp area only counts the kelp that was *observed*: under a cloud or its shadow
-the mask says "not kelp" because nothing was seen. So every row carries
+nothing was seen (``kelpseg map`` marks those pixels unknown, 255, and counts kelp on clear
+water only). So every row carries
 ``observed_fraction`` = clear water / all water (ha) of the area, and ``well_observed`` says
 whether it reaches ``min_observed``; a cloudy date is a gap in the series, not kelp loss. A
 date that saw no clear water there at all has ``kelp_ha`` empty (NaN), never 0.

@@ -58,7 +58,6 @@ AREAS_COLUMNS = [
     "pixel_area_assumed",
 ]
 """``areas.csv``: hectares rounded to 0.01, fractions to 4 decimals (see the README's table)."""
-HA_DECIMALS, FRACTION_DECIMALS = 2, 4
 
 
 class MapError(TileError):
@@ -471,20 +470,12 @@ def _polygons(
     return {"polygons": len(polys), "polygons_ha": float(polys["area_ha"].sum())}
 
 
-def _rounded(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in AREAS_COLUMNS:
-        value = out.get(key)
-        if isinstance(value, float):
-            digits = HA_DECIMALS if key.endswith("_ha") else FRACTION_DECIMALS
-            out[key] = round(value, digits)
-    return out
-
-
 def rebuild_areas(maps: Path) -> Path | None:
     """``MAPS/areas.csv`` from every ``MAPS/*/scene.json`` (atomic), sorted by footprint, date
-    and id;
+    and id, rounded as the time series are (:func:`kelpseg.geo.timeseries.write_table`);
     nothing is written when no scene is done (no header-only file)."""
+    from kelpseg.geo.timeseries import FRACTION_DECIMALS, write_table
+
     rows = []
     for path in sorted(maps.glob("*/scene.json")):
         try:
@@ -492,12 +483,13 @@ def rebuild_areas(maps: Path) -> Path | None:
         except (OSError, ValueError):
             continue
         meta["dem_coverage"] = (meta.get("dem") or {}).get("coverage")
-        rows.append(_rounded(meta))
+        rows.append(meta)
     if not rows:
         return None
     table = pd.DataFrame(rows, columns=AREAS_COLUMNS)
+    table["dem_coverage"] = pd.to_numeric(table["dem_coverage"]).round(FRACTION_DECIMALS)
     table = table.sort_values(["footprint", "date", "scene_id"], na_position="last", kind="stable")
-    return atomic_write_text(maps / "areas.csv", table.to_csv(index=False))
+    return write_table(table, maps / "areas.csv")
 
 
 def map_run(
