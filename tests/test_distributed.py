@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,7 +35,10 @@ runner = CliRunner()
 SRC = Path(__file__).resolve().parents[1] / "src"
 RAY_BIN = Path(sys.executable).with_name("ray")
 OBJECT_STORE = 100 * 2**20
-QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+# every cluster of these tests and its drivers share one token made here (Ray's token auth),
+# so no test reads or writes ~/.ray/auth_token
+QUIET = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_AUTH_MODE": "token",
+         "RAY_AUTH_TOKEN": secrets.token_hex(32)}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -256,13 +260,12 @@ def cluster():
     procs: list[subprocess.Popen] = []
     address = f"127.0.0.1:{port}"
     try:
-        head = [str(RAY_BIN), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-                "--include-dashboard=false", f"--temp-dir={tmp}", *common]  # fmt: skip
+        head = [str(RAY_BIN), "start", "--head", f"--port={port}", "--include-dashboard=false",
+                f"--temp-dir={tmp}", *common]  # fmt: skip
         procs.append(subprocess.Popen(head, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
         _wait_nodes(address, 1, env)
-        node = [str(RAY_BIN), "start", f"--address={address}", "--node-ip-address=127.0.0.1",
-                *common]  # fmt: skip
+        node = [str(RAY_BIN), "start", f"--address={address}", *common]
         procs.append(subprocess.Popen(node, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
         _wait_nodes(address, 2, env)

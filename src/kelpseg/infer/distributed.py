@@ -246,6 +246,12 @@ def connect(address: str | None) -> Iterator[Any]:
         else:
             ray.init(address=target, log_to_driver=True)
     except Exception as err:  # Ray raises many kinds (ConnectionError, RuntimeError, ...)
+        if any(k in str(err) for k in ("InvalidAuthToken", "Unauthenticated")):
+            raise ClusterError(
+                f"--ray {shown}: the cluster asks for Ray's authentication token: set "
+                "RAY_AUTH_MODE=token and the head node's token (RAY_AUTH_TOKEN, or the file "
+                "~/.ray/auth_token) where kelpseg runs"
+            ) from err
         raise ClusterError(f"--ray {shown}: {first_line(err)}") from err
     try:
         yield ray
