@@ -275,23 +275,17 @@ def _capacity(ray: Any, workers: int | None) -> tuple[int, dict[str, float], str
     return min(workers or fits, fits), per, what
 
 
-_DEATHS: tuple[type[BaseException], ...] = ()
-
-
 def _deaths() -> tuple[type[BaseException], ...]:
     """Ray's errors for a task whose worker (or node) died under it."""
-    global _DEATHS
-    if not _DEATHS:
-        from ray import exceptions as rx
+    from ray import exceptions as rx
 
-        _DEATHS = (
-            rx.RayActorError,
-            rx.WorkerCrashedError,
-            rx.NodeDiedError,
-            rx.OutOfMemoryError,
-            rx.LocalRayletDiedError,
-        )
-    return _DEATHS
+    return (
+        rx.RayActorError,
+        rx.WorkerCrashedError,
+        rx.NodeDiedError,
+        rx.OutOfMemoryError,
+        rx.LocalRayletDiedError,
+    )
 
 
 def map_on_ray(
@@ -333,9 +327,8 @@ def map_on_ray(
         raise ValueError(f"--workers must be at least 1, got {workers}")
     result = RayMapResult()
     Dems(dem, no_dem=no_dem)  # a missing DEM path is refused here, before any cluster
-    hp = _host_port(address or "")
-    if hp is not None:
-        _reachable(address or "", address or "")  # fail fast, before searching the inputs
+    if address and _host_port(address) is not None:
+        _reachable(address, address)  # fail fast, before searching the inputs
     found, broken = find_sources(inputs)
     for err in broken:
         result.report.add(err)
@@ -352,8 +345,17 @@ def map_on_ray(
             pool = _Pool(ray, assembly, settings, maps, dem, no_dem, overwrite, workers)
             try:
                 pool.run(scenes, retries, result)
-            finally:
-                result.workers = pool.close()
+            except BaseException:  # Ctrl-C, a worker that cannot start: end the workers now
+                pool.close(ask=False)
+                raise
+            result.workers = pool.close()
+        for w in result.workers:
+            rss = f"{w.peak_rss_mb:.0f} MiB" if w.peak_rss_mb is not None else "unknown"
+            print(
+                f"[map] Ray worker pid {w.pid} on {w.node} ({w.device}): {w.scenes} scenes, "
+                f"models loaded in {w.start_s} s, peak RSS {rss}" + " (died)" * w.died,
+                file=sys.stderr,
+            )
     if maps.is_dir():
         rebuild_areas(maps)
     return result
@@ -416,14 +418,15 @@ class _Pool:
         queue = deque(range(len(scenes)))
         attempts = [0] * len(scenes)
         tasks: dict[Any, tuple[int, int]] = {}  # map() ref -> (slot, scene index)
-        t0, up = time.monotonic(), False
+        t0, up, lost = time.monotonic(), False, 0
+        deaths = _deaths()
         while queue or tasks:
             while self.idle and queue:
                 slot, i = self.idle.popleft(), queue.popleft()
                 tasks[self.handles[slot].map.remote(scenes[i])] = (slot, i)
             waiting = [*tasks, *self.starting]
-            if not waiting:
-                raise WorkerError("every Ray worker died before mapping anything")
+            if not waiting:  # cannot happen: a dead worker is replaced at once
+                raise WorkerError("no Ray worker left")
             done, _ = ray.wait(waiting, num_returns=1, timeout=10.0)
             if not done:
                 if not up and time.monotonic() - t0 > START_TIMEOUT_S:
@@ -437,13 +440,14 @@ class _Pool:
                 slot = self.starting.pop(ref)
                 try:
                     info = ray.get(ref)
-                except _deaths() as err:  # died while loading: another one takes its place
+                except deaths as err:  # died while loading: another one takes its place
                     print(f"[map] a Ray worker died while starting: {first_line(err)}",
                           file=sys.stderr)  # fmt: skip
                     self._retire(slot)
-                    if not up and self.serial > 3 * n:
-                        raise WorkerError(f"Ray workers keep dying while starting: "
-                                          f"{first_line(err)}") from err  # fmt: skip
+                    lost += 1
+                    if lost > 3 * n:
+                        raise WorkerError(f"Ray workers keep dying while starting ({lost} "
+                                          f"so far): {first_line(err)}") from err  # fmt: skip
                     self._start()
                     continue
                 if "error" in info:
@@ -466,7 +470,7 @@ class _Pool:
             scene = scenes[i]
             try:
                 outcome = ray.get(ref)
-            except _deaths() as err:
+            except deaths as err:
                 attempts[i] += 1
                 self._retire(slot)
                 self._start()
@@ -500,10 +504,10 @@ class _Pool:
                 self.idle.append(slot)
             outcome.record(result)
 
-    def close(self) -> list[WorkerInfo]:
-        """Ask each live worker its peak memory, then end them all."""
+    def close(self, ask: bool = True) -> list[WorkerInfo]:
+        """Ask each live worker its peak memory (``ask``: they are idle), then end them all."""
         refs = {slot: h.peak_rss_mb.remote() for slot, h in self.handles.items()
-                if slot in self.info}  # fmt: skip
+                if slot in self.info and ask}  # fmt: skip
         for slot, ref in refs.items():
             with suppress(Exception):  # a worker gone or stuck: its figure stays unknown
                 self.info[slot].peak_rss_mb = round(float(self.ray.get(ref, timeout=30)), 1)
