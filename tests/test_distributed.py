@@ -147,7 +147,11 @@ def local_ray():
     """An in-process local cluster of 2 CPUs, shut down and its session folder removed."""
     tmp = _short_tmp()
     old = {k: os.environ.get(k) for k in QUIET}
-    os.environ.update(QUIET)
+    # RAY_AUTH_MODE stays unset here: `ray.init` then turns token auth on and refreshes its
+    # config, which Ray read when imported (a mode set now would not reach it); the token is
+    # the environment's, so no file is written
+    os.environ.update({k: v for k, v in QUIET.items() if k != "RAY_AUTH_MODE"})
+    os.environ.pop("RAY_AUTH_MODE", None)
     try:
         ray.init(num_cpus=2, object_store_memory=OBJECT_STORE, include_dashboard=False,
                  _temp_dir=str(tmp))  # fmt: skip
@@ -162,12 +166,17 @@ def local_ray():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _assembly(ckpt: Path) -> tuple[dict, object]:
+def _assemble(assembly: dict):
     from kelpseg.infer.assemble import assemble
+
+    return assemble(**assembly)
+
+
+def _assembly(ckpt: Path) -> tuple[dict, object]:
     from kelpseg.infer.mapping import default_settings
 
     assembly = {"members": [ckpt]}
-    return assembly, default_settings(assemble(**assembly), geojson=True)
+    return assembly, default_settings(_assemble(assembly), geojson=True)
 
 
 @pytest.mark.usefixtures("local_ray")
@@ -191,8 +200,13 @@ class TestInProcessCluster:
         assert sum(w.scenes for w in res.workers) == 4  # the scene without a DEM too, once
         assert_same_maps(archive["serial"], maps)
 
-        # a rerun keeps every scene (the serial run's fingerprints)
-        again = map_on_ray(assembly, archive["inputs"], maps, settings, **kw)
+        # the serial run's fingerprints: a rerun, serial here (a Ray rerun runs the same
+        # map_scene), keeps every scene
+        from kelpseg.geo.dem import Dems
+        from kelpseg.infer.mapping import map_inputs
+
+        again = map_inputs(_assemble(assembly), archive["inputs"], maps, settings,
+                           dems=Dems(archive["dems"]))  # fmt: skip
         assert again.reused == 3 and again.report.ok == 3
 
     def test_a_killed_worker_without_retries_fails_its_scene_only(
@@ -206,7 +220,9 @@ class TestInProcessCluster:
         killer = threading.Thread(target=kill_first_mapper, args=(maps, stop, killed))
         killer.start()
         try:
-            res = map_on_ray(assembly, archive["inputs"], maps, settings, retries=0,
+            # one worker: its replacement maps the rest (two would load side by side, slower
+            # on 2 cores, and test nothing more)
+            res = map_on_ray(assembly, archive["inputs"], maps, settings, retries=0, workers=1,
                              dem=archive["dems"])  # fmt: skip
         finally:
             stop.set()
@@ -265,7 +281,10 @@ def cluster():
         procs.append(subprocess.Popen(head, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
         _wait_nodes(address, 1, env)
-        node = [str(RAY_BIN), "start", f"--address={address}", *common]
+        # its own session folder, as on another machine (the same one would have both nodes'
+        # log monitors forward every worker line to the driver twice)
+        node = [str(RAY_BIN), "start", f"--address={address}", f"--temp-dir={tmp / 'node2'}",
+                *common]  # fmt: skip
         procs.append(subprocess.Popen(node, env=env, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))  # fmt: skip
         _wait_nodes(address, 2, env)
@@ -274,7 +293,7 @@ def cluster():
         _stop_cluster(procs, tmp)
 
 
-def _wait_nodes(address: str, n: int, env: dict, timeout: float = 90) -> None:
+def _wait_nodes(address: str, n: int, env: dict, timeout: float = 180) -> None:
     code = (
         "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False);"
         "print(sum(x['Alive'] for x in ray.nodes())); ray.shutdown()"
@@ -301,11 +320,12 @@ def test_cli_on_a_ray_cluster_retries_a_killed_worker(
     killer = threading.Thread(target=kill_first_mapper, args=(maps, stop, killed))
     killer.start()
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     finally:
         stop.set()
         killer.join()
     log = out.stdout + out.stderr
+    print(log)  # shown when the test fails (or with -rA)
     assert out.returncode == 0, log
     assert killed, "no worker was seen mapping"
     assert "retrying (1 of 2)" in log and killed[0][1] in log, log
