@@ -347,6 +347,39 @@ def test_an_unreachable_cluster_is_one_error_line(ckpt: Path, archive: dict, tmp
     assert not (tmp_path / "m").exists()
 
 
+def test_every_source_kind_and_a_refusal_travel_between_driver_and_worker(tmp_path: Path):
+    """What the driver sends (a scene of each kind) and what a worker returns (an outcome, a
+    refusal keeping its class) survive Ray's serializer; no cluster needed."""
+    from ray import cloudpickle
+
+    from kelpseg.geo.dem import DemError
+    from kelpseg.infer.mapping import SceneInput, SceneOutcome
+    from kelpseg.io.sources import find_sources
+    from kelpseg.synth.sensors import (
+        landsat_item,
+        write_hls_granule,
+        write_sentinel2_safe,
+        write_stac_catalog,
+    )
+
+    arch = tmp_path / "archive"
+    write_landsat_scene(arch / "l8", size=64, seed=1, area_seed=1)
+    write_hls_granule(arch / "hls", size=64, seed=2, area_seed=2)
+    write_sentinel2_safe(arch / "s2", size=64, seed=3, area_seed=3)
+    l9 = write_landsat_scene(tmp_path / "l9", size=64, seed=4, area_seed=4, sensor="LANDSAT_9")
+    write_stac_catalog(arch / "stac", [landsat_item(l9)])
+    found, broken = find_sources([arch])
+    assert not broken and {s.kind for s in found} >= {"landsat", "hls", "sentinel2", "stac"}
+    for src in found:
+        scene = SceneInput.of(src)
+        assert cloudpickle.loads(cloudpickle.dumps(scene)) == scene
+    out = SceneOutcome.failed(arch, DemError(arch / "dem.tif", "does not overlap scene X"))
+    back = cloudpickle.loads(cloudpickle.dumps(out)).problem()
+    assert (
+        isinstance(back, DemError) and str(back) == f"{arch / 'dem.tif'}: does not overlap scene X"
+    )
+
+
 def test_ray_options_need_ray(ckpt: Path, archive: dict, tmp_path: Path) -> None:
     res = runner.invoke(app, ["map", "-m", str(ckpt), str(archive["inputs"][0]), "-o",
                               str(tmp_path / "m"), "--retries", "3"])  # fmt: skip

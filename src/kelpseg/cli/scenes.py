@@ -204,7 +204,7 @@ def map_cmd(
     on_ray = ray is not None or executor == "ray"
     if not on_ray and (workers is not None or retries is not None):
         usage("--workers and --retries go with --ray ADDRESS (or --executor ray)")
-    if ray not in (None, "local", "auto") and Path(ray).exists():
+    if ray not in (None, "", "local", "auto") and Path(ray).exists():
         usage(
             f"--ray {ray}: a path, not a cluster address (local, auto, HOST:6379, ray://HOST:10001)"
         )

@@ -127,7 +127,6 @@ class SceneWorker:
             os.chdir(cwd)  # relative paths mean what they meant to the driver
         self.assembly, self.settings, self.maps = assembly, settings, Path(maps)
         self.dem, self.no_dem, self.overwrite = dem, no_dem, overwrite
-        self.mapped = 0
 
     def ready(self) -> dict[str, Any]:
         """Assemble the ensemble; who and where this worker is, or ``{"error": ...}``."""
@@ -154,12 +153,10 @@ class SceneWorker:
 
     def map(self, scene: SceneInput) -> SceneOutcome:
         """One scene, exactly as a serial run maps it."""
-        out = map_scene(
+        return map_scene(
             self.ens, self.engine, scene, self.maps, self.settings, self.dems, self.overwrite,
             progress=False,
         )  # fmt: skip
-        self.mapped += 1
-        return out
 
     def peak_rss_mb(self) -> float:
         """This worker process's peak resident memory (MiB)."""
