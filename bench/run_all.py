@@ -45,6 +45,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
         [],
         ["--scenes", "200", "--grid-scenes", "10", "--aoi-scenes", "4", "--size", "256"],
     ),
+    "map_ray.py": ([], ["--scenes", "4"]),
 }
 
 

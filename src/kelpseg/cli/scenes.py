@@ -159,6 +159,34 @@ def map_cmd(
     config: PredictConfigOpt = None,
     set_: SetOpt = None,
     strict: StrictOpt = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Map on a Ray cluster, one task per scene: local (start one here, or join the "
+            "one running here), auto, HOST:6379 or ray://HOST:10001.",
+        ),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="serial (here, one scene after another) or ray (= --ray local).")
+    ] = "serial",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --ray: workers, each loading the models once; default one per CPU of "
+            "the cluster, or one per GPU when it has GPUs.",
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="With --ray: resubmissions of a scene whose worker died (killed, out of "
+            "memory); default 2. A bad input is never retried.",
+        ),
+    ] = None,
 ) -> None:
     """Scenes or rasters of any size -> MAPS/{scene_id}/: kelp, probability, spread, coverage
     COGs, kelp-bed polygons, quick-look PNG, scene.json; MAPS/areas.csv. Kelp is counted on
@@ -172,16 +200,27 @@ def map_cmd(
         usage("--dem and --no-dem: choose one")
     if out.exists() and not out.is_dir():
         fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
+    if executor not in ("serial", "ray"):
+        usage(f"--executor {executor}: serial or ray")
+    on_ray = ray is not None or executor == "ray"
+    if not on_ray and (workers is not None or retries is not None):
+        usage("--workers and --retries go with --ray ADDRESS (or --executor ray)")
+    if ray not in (None, "", "local", "auto") and Path(ray).exists():
+        usage(
+            f"--ray {ray}: a path, not a cluster address (local, auto, HOST:6379, ray://HOST:10001)"
+        )
     dems = Dems(dem, no_dem=no_dem)
-    ens = assemble(
-        list(model or []),
-        run,
-        config=config,
-        overrides=set_,
-        flags={"weights": weights, "vote": vote, "precision": precision, "tta": tta},
-        threshold=threshold,
-        batch_size=batch_size,
-    )
+    assembly = {
+        "members": list(model or []),
+        "run": run,
+        "config": config,
+        "overrides": set_,
+        "flags": {"weights": weights, "vote": vote, "precision": precision, "tta": tta},
+        "threshold": threshold,
+        "batch_size": batch_size,
+    }
+    # with --ray the workers load the models; the driver's copy (on the CPU) checks the flags
+    ens = assemble(**assembly, **({"device": "cpu"} if on_ray else {}))
     for note in ens.notes:
         typer.secho(f"note: {note}", err=True)
     try:
@@ -196,12 +235,23 @@ def map_cmd(
         )
     except ValueError as err:
         usage(str(err))
-    res = map_inputs(ens, inputs, out, settings, dems=dems, overwrite=overwrite)
+    cluster = ""
+    if on_ray:
+        from kelpseg.infer.distributed import map_on_ray
+
+        res = map_on_ray(
+            assembly, inputs, out, settings, dem=dem, no_dem=no_dem, overwrite=overwrite,
+            address=ray, workers=workers, retries=2 if retries is None else retries,
+        )  # fmt: skip
+        redone = f", {res.retried} resubmitted after a worker died" if res.retried else ""
+        cluster = f", on {res.pool} Ray workers{redone}"
+    else:
+        res = map_inputs(ens, inputs, out, settings, dems=dems, overwrite=overwrite)
     res.report.finish(strict=strict)
     kept = f", {res.reused} kept from an earlier run" if res.reused else ""
     busy = f", {len(res.busy)} being mapped by another process" if res.busy else ""
     areas = out / "areas.csv"
-    typer.echo(f"{len(res.scenes)} scenes ({ens.describe()}{kept}{busy}) -> {areas}")
+    typer.echo(f"{len(res.scenes)} scenes ({ens.describe()}{kept}{busy}{cluster}) -> {areas}")
 
 
 @app.command()

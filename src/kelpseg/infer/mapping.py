@@ -555,46 +555,119 @@ def map_inputs(
     """
     result = MapResult()
     dems = dems or Dems(None)
-    engine = ens.engine(spread=True, slices=settings.slices)
-    engine.batch_size = ens.batch_size
+    engine = scene_engine(ens, settings)
     taken: dict[str, Path] = {}  # scene id -> the input mapped under it in this call
     found, broken = find_sources(inputs)
     for err in broken:
         result.report.add(err)
     for src in found:
-        source = src.path
         try:
-            scene = SceneInput.of(src)
-            if scene.scene_id in taken:
-                raise MapError(
-                    source, f"same scene id {scene.scene_id!r} as {taken[scene.scene_id]}: "
-                    "rename one of them",
-                )  # fmt: skip
-            taken[scene.scene_id] = source
-            maps.mkdir(parents=True, exist_ok=True)
-            done = _map_one(ens, engine, scene, maps, settings, dems, overwrite, progress)
+            scene = claim_scene(src, taken)
         except TileError as err:
             result.report.add(err)
             continue
-        except (OSError, ValueError) as err:  # e.g. a scene folder that does not stack
-            msg = first_line(err)
-            result.report.add(MapError(source, msg.removeprefix(f"{source}: ")))
-            continue
-        if done is None:
-            result.busy.append(str(source))
-            print(
-                f"[map] {source}: being mapped by another kelpseg process: skipped (rerun later "
-                "to pick it up)",
-                file=sys.stderr,
-            )
-            continue
-        kept, path = done
-        result.scenes[path.name] = path
-        result.reused += kept
-        result.report.ok += 1
+        map_scene(ens, engine, scene, maps, settings, dems, overwrite, progress).record(result)
     if maps.is_dir():
         rebuild_areas(maps)
     return result
+
+
+def scene_engine(ens: Any, settings: MapSettings) -> Any:
+    """The ensemble engine every scene of a call is predicted with (spread on, the slices and
+    batch size of the call)."""
+    engine = ens.engine(spread=True, slices=settings.slices)
+    engine.batch_size = ens.batch_size
+    return engine
+
+
+def claim_scene(src: Any, taken: dict[str, Path]) -> SceneInput:
+    """The input of a found source, its scene id claimed in ``taken`` (scene id -> input).
+
+    Raises:
+        MapError: a second input with a scene id already claimed (it would overwrite the
+            first's folder).
+    """
+    scene = SceneInput.of(src)
+    if scene.scene_id in taken:
+        raise MapError(
+            src.path, f"same scene id {scene.scene_id!r} as {taken[scene.scene_id]}: "
+            "rename one of them",
+        )  # fmt: skip
+    taken[scene.scene_id] = src.path
+    return scene
+
+
+@dataclass
+class SceneOutcome:
+    """What became of one input: written or kept (``folder``), ``busy`` (another process holds
+    its lock), or refused (``error``: the problem's class, file and text). Plain data, so a
+    worker process can hand it back to the one that reports (:mod:`kelpseg.infer.distributed`).
+    """
+
+    source: Path
+    folder: Path | None = None
+    kept: bool = False
+    busy: bool = False
+    error: tuple[type, str, str] | None = None
+
+    @classmethod
+    def failed(cls, source: Path, err: TileError) -> SceneOutcome:
+        return cls(source, error=(type(err), str(err.path), err.problem))
+
+    def problem(self) -> TileError | None:
+        """The refusal as the error it was raised as (a :class:`~kelpseg.io.errors.TileError`)."""
+        if self.error is None:
+            return None
+        kind, path, problem = self.error
+        try:
+            return kind(path, problem)
+        except TypeError:  # a subclass with another signature: the message is what counts
+            return MapError(path, problem)
+
+    def record(self, result: MapResult) -> None:
+        """Add it to the batch's result as the serial run does (and say so on stderr)."""
+        err = self.problem()
+        if err is not None:
+            result.report.add(err)
+        elif self.busy:
+            result.busy.append(str(self.source))
+            print(
+                f"[map] {self.source}: being mapped by another kelpseg process: skipped (rerun "
+                "later to pick it up)",
+                file=sys.stderr,
+            )
+        elif self.folder is not None:
+            result.scenes[self.folder.name] = self.folder
+            result.reused += self.kept
+            result.report.ok += 1
+
+
+def map_scene(
+    ens: Any,
+    engine: Any,
+    scene: SceneInput,
+    maps: Path,
+    settings: MapSettings,
+    dems: Dems,
+    overwrite: bool,
+    progress: bool,
+) -> SceneOutcome:
+    """Map one input into ``maps`` (DEM choice, lock, fingerprint, atomic outputs); a bad input
+    is an outcome naming the file, not an exception. Serial and distributed runs both call it.
+    """
+    source = scene.source
+    try:
+        maps.mkdir(parents=True, exist_ok=True)
+        done = _map_one(ens, engine, scene, maps, settings, dems, overwrite, progress)
+    except TileError as err:
+        return SceneOutcome.failed(source, err)
+    except (OSError, ValueError) as err:  # e.g. a scene folder that does not stack
+        msg = first_line(err)
+        return SceneOutcome.failed(source, MapError(source, msg.removeprefix(f"{source}: ")))
+    if done is None:
+        return SceneOutcome(source, busy=True)
+    kept, path = done
+    return SceneOutcome(source, folder=path, kept=kept)
 
 
 def _raster_dem(scene: SceneInput, dems: Dems) -> DemChoice:
