@@ -66,6 +66,7 @@ def test_cache_realigns_shifted_dems_to_their_aoi(shifted_set, tmp_path: Path) -
 def test_predict_corrects_dem_when_the_model_did(
     trained, shifted_set, tmp_path, monkeypatch, correct
 ) -> None:
+    from kelpseg.infer import ensemble
     from kelpseg.infer import predict as pred
 
     refs, _, _ = shifted_set
@@ -75,7 +76,7 @@ def test_predict_corrects_dem_when_the_model_did(
         calls.append(1)
         return raw
 
-    monkeypatch.setattr(pred, "correct_dem", spy)
+    monkeypatch.setattr(ensemble, "correct_dem", spy)  # the members' default fix
     model = pred.load_model(trained.checkpoint)
     model.cfg.data.correct_dem_shift = correct
     items = [(r.tile_id, r.image) for r in refs[:3]]

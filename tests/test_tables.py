@@ -210,14 +210,13 @@ def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path
     """A test tile the predictor skipped stops ``run`` (naming it) before any score."""
     from types import SimpleNamespace
 
-    import torch
-
+    import kelpseg.infer.assemble as assemble
     import kelpseg.infer.predict as predict
     import kelpseg.pipeline as pipeline
     from kelpseg.io import BatchReport
     from kelpseg.io.errors import NothingValidError
 
-    def predict_tiles(model, items, out, **kw):
+    def predict_assembly(ens, items, out, **kw):
         return SimpleNamespace(
             report=BatchReport("predict", ok=len(items) - 1),
             masks={t: out / f"{t}_kelp.tif" for t, _ in items[1:]},
@@ -227,8 +226,8 @@ def test_run_fails_when_a_test_tile_got_no_prediction(synth_data, tmp_path: Path
     test_ids = sorted(r.tile_id for r in pipeline.discover(synth_data.root) if r.split == "test")
     with (
         mock.patch.object(pipeline, "run_training", lambda *a: [fold]),
-        mock.patch.object(predict, "load_model", lambda *a: torch.nn.Linear(1, 1)),  # on the CPU
-        mock.patch.object(predict, "predict_tiles", predict_tiles),
+        mock.patch.object(assemble, "assemble", lambda *a, **k: None),  # no checkpoint to load
+        mock.patch.object(predict, "predict_assembly", predict_assembly),
         pytest.raises(NothingValidError, match=f"1 test tile.*no prediction.*{test_ids[0]}"),
     ):
         cfg = load_config("tiny", ["predict.tune_threshold=false"])  # no fold was trained
