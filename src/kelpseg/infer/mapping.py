@@ -37,6 +37,7 @@ import pandas as pd
 from kelpseg import __version__
 from kelpseg.geo.coverage import CLEAR_WATER, CLOUDY_WATER, LAND, NAMES, NO_DEM, coverage_codes
 from kelpseg.geo.dem import WITHOUT_DEM, DemChoice, DemError, Dems
+from kelpseg.geo.reach import DEFAULT_MAX_OFFSHORE_M
 from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
 from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA
@@ -75,6 +76,10 @@ class MapSettings:
     slices: int = 1
     compress: str = "DEFLATE"
     quicklook_px: int = 1000
+    max_offshore_m: float | None = DEFAULT_MAX_OFFSHORE_M
+    """Skip windows farther offshore than this (:mod:`kelpseg.geo.reach`); 0/None: never."""
+    backend: str = "torch"
+    """``onnx``: checkpoint members run as cached ONNX exports (:func:`onnx_assembly`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "quicklook_px"}
@@ -266,8 +271,9 @@ def _map_raster(
 ) -> dict[str, Any]:
     from kelpseg.eda.quicklook import QuickLook
     from kelpseg.geo.area import row_areas_ha
+    from kelpseg.geo.reach import scene_reach
     from kelpseg.infer.postprocess import scene_mask
-    from kelpseg.infer.sliced import RasterSource, predict_sliced
+    from kelpseg.infer.sliced import RasterSource, WindowCounts, predict_sliced
     from kelpseg.io.cog import CogWriter
 
     sid = scene.scene_id
@@ -318,6 +324,16 @@ def _map_raster(
         px = {"valid": 0, "no_dem": 0, "land": 0}
         kelp_ha = flagged_ha = 0.0
         footprint = dem.footprint if dem is not None else None
+        reach = scene_reach(
+            source,
+            max_offshore_m=settings.max_offshore_m,
+            crs=georef.crs,
+            transform=georef.transform,
+            footprint=footprint,
+        )
+        if reach.note:
+            print(f"[map] note: {sid}: {reach.note}", file=sys.stderr)
+        counts = WindowCounts()
         try:
             for band in predict_sliced(
                 engine,
@@ -326,6 +342,8 @@ def _map_raster(
                 overlap=settings.overlap,
                 batch_size=engine_batch(engine),
                 progress=progress,
+                skip=reach.why_skip,
+                counts=counts,
             ):
                 h = len(band.mean)
                 outside = (
@@ -390,6 +408,7 @@ def _map_raster(
         "valid_px": px["valid"],
         "dem_coverage": 1 - px["no_dem"] / px["valid"] if px["valid"] else None,
         "land_fraction": px["land"] / px["valid"] if px["valid"] else None,
+        "windows": {**counts.as_dict(), **reach.record()},
         **info,
     }
 
@@ -558,6 +577,10 @@ def map_inputs(
     """
     result = MapResult()
     dems = dems or Dems(None)
+    if settings.backend == "onnx":
+        from kelpseg.infer.onnx_export import onnx_assembly
+
+        ens = onnx_assembly(ens, settings.window)
     engine = ens.engine(spread=True, slices=settings.slices)
     engine.batch_size = ens.batch_size
     taken: dict[str, Path] = {}  # scene id -> the input mapped under it in this call
