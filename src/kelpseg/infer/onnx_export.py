@@ -39,86 +39,25 @@ class ExportError(PredictionError):
 def _graph_module(model: Any) -> Any:
     """A traceable ``nn.Module``: raw int16 ``(N, 7, H, W)`` -> probability ``(N, H, W)``.
 
-    It computes exactly what :meth:`KelpSegModule.predict_proba` does, written without
-    data-dependent Python branches (every fill is computed; it is the identity when nothing is
-    missing) and without in-place channel writes, so the TorchScript tracer records it whole.
+    It runs what :meth:`KelpSegModule.predict_proba` does: the model's own feature code
+    (:meth:`kelpseg.features.pipeline.FeatureBuilder.build`, trace-safe: no data-dependent
+    Python branch, no in-place channel write), padding to the encoder's multiple, the network,
+    cropping back and the sigmoid, so the TorchScript tracer records it whole.
     """
     import torch
     from torch import Tensor, nn
 
-    from kelpseg.features.indices import REFLECTANCE_OFFSET, REFLECTANCE_SCALE, Bands, lookup
-    from kelpseg.features.normalize import CLIPPED_MODES, GLOBAL_MODES, _ordered
-    from kelpseg.features.pipeline import pad_to_multiple, water_mask
-    from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX
-
-    feats_mod = model.features
-
-    def fill(x: Tensor) -> Tensor:  # kelpseg.features.pipeline.fill_nonfinite, branch-free
-        bad = ~torch.isfinite(x)
-        lo = x.masked_fill(bad, torch.inf).amin(dim=(-2, -1), keepdim=True)
-        hi = x.masked_fill(bad, -torch.inf).amax(dim=(-2, -1), keepdim=True)
-        lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
-        hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
-        return torch.where(bad, torch.where(x > 0, hi, lo), x)
-
-    def sample_minmax(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        # kelpseg.features.normalize.sample_bounds without a boolean Where (not in onnxruntime)
-        finite = torch.isfinite(x)
-        valid = valid & finite
-        use = valid | (finite & ~valid.any(dim=-1, keepdim=True).any(dim=-2, keepdim=True))
-        lo = torch.where(use, x, torch.inf).amin(dim=(-2, -1), keepdim=True)
-        hi = torch.where(use, x, -torch.inf).amax(dim=(-2, -1), keepdim=True)
-        return _ordered(lo, hi)
+    from kelpseg.features.pipeline import pad_to_multiple
 
     class RawToProba(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = feats_mod
+            self.features = model.features
             self.net = model.net
             self.divisor = int(model.divisor)
 
-        def raw_features(self, raw: Tensor) -> Tensor:
-            f = self.features
-            x = raw.float().masked_fill(raw == NODATA, torch.nan)
-            spectral = x[:, :5]
-            if f.units == "reflectance":
-                spectral = spectral * REFLECTANCE_SCALE + REFLECTANCE_OFFSET
-            s, n, r, g, b = spectral.unbind(1)
-            dem = x[:, DEM_INDEX]
-            chans = [spectral[:, row] if row < 5 else x[:, row] for row in f._band_rows]
-            land = None
-            if f.mask_land:
-                land = dem > 0  # NaN compares False, as nan_to_num(0) > 0
-            if f.mask_cloud:
-                cloud = x[:, QA_INDEX] != 0
-                land = cloud if land is None else land | cloud
-            bands = Bands(S=s, N=n, R=r, G=g, B=b, DEM=dem)
-            for name in f.indices:
-                v = lookup(name)(bands)
-                if land is not None and name != "DEMWM":
-                    v = v.masked_fill(land, torch.nan)
-                chans.append(v)
-            return torch.stack(chans, dim=1)
-
         def forward(self, raw: Tensor) -> Tensor:
-            f = self.features
-            feats = self.raw_features(raw)
-            missing = torch.isnan(feats) if f.fill != "min" else None
-            lo = hi = None
-            if f.normalize in GLOBAL_MODES:
-                lo, hi = f.q_low.view(1, -1, 1, 1), f.q_high.view(1, -1, 1, 1)
-            elif f.normalize != "none":
-                valid = torch.isfinite(feats)
-                if f.stats_pixels == "water":
-                    valid = valid & water_mask(raw)
-                lo, hi = sample_minmax(feats, valid)
-            x = fill(feats)
-            if lo is not None:
-                x = (x - lo) * (1.0 / (hi - lo))
-                if f.normalize in CLIPPED_MODES:
-                    x = x.clamp(0.0, 1.0)
-            if missing is not None:
-                x = x.masked_fill(missing, float(f.fill))
+            x = self.features.build(raw)
             h, w = x.shape[-2:]
             x, _ = pad_to_multiple(x, self.divisor)
             return torch.sigmoid(self.net(x)[..., :h, :w])[:, 0]
@@ -325,3 +264,4 @@ def predict_tiles_onnx(
         proba_format=proba_format,
         overwrite=overwrite,
     )
+
