@@ -265,3 +265,79 @@ def predict_tiles_onnx(
         overwrite=overwrite,
     )
 
+
+ONNX_CACHE_ENV = "KELPSEG_ONNX_CACHE"
+"""Environment variable naming the folder of cached exports (``map --backend onnx``)."""
+
+
+def onnx_cache_dir() -> Path:
+    """``$KELPSEG_ONNX_CACHE``, else ``$XDG_CACHE_HOME/kelpseg/onnx`` (``~/.cache/kelpseg/onnx``)."""
+    given = os.environ.get(ONNX_CACHE_ENV)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kelpseg" / "onnx"
+
+
+def file_digest(path: Path) -> str:
+    """sha1 of a file's bytes (read in 1 MB blocks)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_export(checkpoint: str | Path, tile_size: int, cache: Path | None = None) -> Path:
+    """The ONNX export of ``checkpoint`` for ``tile_size`` px tiles, exported once into the
+    cache (:func:`onnx_cache_dir`) and reused while the key matches: the sha1 of the
+    checkpoint's bytes, the tile size, the opset and the kelpseg version (whose graph code made
+    it), all in the file's name (``{stem}-{sha1[:16]}-w{tile}-o{opset}-k{version}.onnx``).
+    Written atomically, so concurrent processes at worst both export.
+
+    Raises:
+        CheckpointError, ExportError: as :func:`export_onnx`.
+    """
+    from kelpseg import __version__
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ExportError(f"{checkpoint}: checkpoint not found (needed for --backend onnx)")
+    key = f"{file_digest(checkpoint)[:16]}-w{int(tile_size)}-o{OPSET}-k{__version__}"
+    out = (cache or onnx_cache_dir()) / f"{checkpoint.stem}-{key}.onnx"
+    if not out.is_file():
+        export_onnx(checkpoint, out, tile_size=tile_size)
+    return out
+
+
+def onnx_assembly(ens: Any, tile_size: int, cache: Path | None = None) -> Any:
+    """``ens`` (:class:`kelpseg.infer.assemble.Assembly`) with every network member replaced
+    by its cached ONNX export (:func:`cached_export`) on onnxruntime's CPU provider; members
+    that are ONNX already must take ``tile_size`` px tiles, other members (XGBoost) stay.
+    Threshold, weights and every other setting are kept; the model hash becomes the ONNX
+    files' (outputs record what made them).
+
+    Raises:
+        ExportError: a precision other than fp32 (the graph runs fp32), an ONNX member of
+            another tile size, a member without its checkpoint file.
+    """
+    import dataclasses
+
+    if ens.precision != "fp32":
+        raise ExportError(f"--backend onnx runs fp32 only, not --precision {ens.precision}")
+    models = []
+    for m, path in zip(ens.models, ens.checkpoints, strict=True):
+        if isinstance(m, OnnxModel):
+            if m.tile_size != tile_size:
+                raise ExportError(
+                    f"{m.path}: exported for {m.tile_size} px tiles, the windows are "
+                    f"{tile_size} px: pass --window {m.tile_size} or give the checkpoint"
+                )
+            models.append(m)
+        elif hasattr(m, "net"):
+            models.append(OnnxModel(cached_export(path, tile_size, cache)))
+        else:
+            models.append(m)
+    return dataclasses.replace(ens, models=models)
