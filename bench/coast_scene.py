@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--footprint-fill", type=float, default=0.22)
     ap.add_argument("--config", default="demo")
     ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--run", nargs="+", default=["onnx fp32 skip"])
+    ap.add_argument("--run", nargs="*", default=["onnx fp32"])
     ap.add_argument("--max-offshore-m", type=float, default=5000.0)
     ap.add_argument("--keep", type=Path, default=None, help="Reuse / keep the raster here.")
     args = ap.parse_args()

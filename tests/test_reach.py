@@ -163,6 +163,8 @@ def test_no_land_no_offshore_skipping_and_edges_count_as_coast() -> None:
     # the raster's right edge may hide a coast: the last 100 px (3 km) are kept
     assert reach.why_skip(raw[:, 168:232, 2336:2400], 168, 2336) is None
     assert reach.why_skip(raw[:, 168:232, 2200:2264], 168, 2200) == OFFSHORE
+    bare = scene_reach(ArraySource(raw), max_offshore_m=3000.0, edges_are_coast=False)
+    assert bare.why_skip(raw[:, 168:232, 2336:2400], 168, 2336) == OFFSHORE
     # a wide fill collar may hide one too; a narrow fill stripe (SLC-off) does not
     collar, stripes = raw.copy(), raw.copy()
     collar[:, :, 1900:] = NODATA

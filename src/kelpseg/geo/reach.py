@@ -177,6 +177,7 @@ def scene_reach(
     transform: Any = None,
     footprint: Any = None,
     grid_cells: int = GRID_CELLS,
+    edges_are_coast: bool = True,
 ) -> Reach:
     """The skip rule of one raster (see the module notes).
 
@@ -189,6 +190,9 @@ def scene_reach(
             without).
         footprint: The DEM's footprint polygon in the raster's CRS (None: the whole raster).
         grid_cells: Cells of the distance grid along the longer side, at most.
+        edges_are_coast: Count the fill collar and the raster's border as possible coasts
+            (a coast may lie just beyond the scene); False measures from land alone (for
+            benchmarks: what this caution costs).
     """
     H, W = source.height, source.width
     step = max(1, math.ceil(max(H, W) / grid_cells))
@@ -219,8 +223,9 @@ def scene_reach(
     pad = max(1, math.ceil(FILL_OPENING_M / min(cy, cx))) + 1
     # beyond the border: a possible coast; the padding takes part in the opening so a
     # collar that touches the border keeps its full width
-    collar = _opening(np.pad(fill, pad, constant_values=True), FILL_OPENING_M, (cy, cx))
-    coast = np.pad(land | unknown, pad, constant_values=True) | collar
+    coast = np.pad(land | unknown, pad, constant_values=edges_are_coast)
+    if edges_are_coast:
+        coast |= _opening(np.pad(fill, pad, constant_values=True), FILL_OPENING_M, (cy, cx))
     dist = ndimage.distance_transform_edt(~coast, sampling=(cy, cx))[pad:-pad, pad:-pad]
     near = dist <= float(max_offshore_m) + math.hypot(cy, cx)
     return Reach(step, near, unknown, float(max_offshore_m))
