@@ -2,7 +2,7 @@
 
 Usage: python bench/map_speed.py [--size 1400] [--configs demo] [--checkpoint CKPT]
     [--engines "torch fp32" "torch bf16" "onnx fp32"] [--overlaps 87 44] [--rounds 2]
-    [--batch-size 1] [--map] [--footprint-deg 0] [--device cpu|cuda]
+    [--batch-size 1] [--map] [--footprint-deg 0] [--device cpu|cuda] [--threads 1 --cpu-time]
 
 A ``size`` x ``size`` mosaic of synthetic 350 px tiles (bench/map_memory.py) is predicted by
 each engine (the ensemble engine `Members` over one member: the torch network in fp32 or under
@@ -14,6 +14,8 @@ config (speed does not depend on the weights) or ``--checkpoint``:
 - "sliced, overlap O": `kelpseg.infer.sliced.predict_sliced` with 350 px windows and that
   overlap, blending included (no skipping: every window predicted).
 
+On a shared machine ``--threads 1 --cpu-time`` compares the process's CPU seconds with one
+thread each (what the work costs, whatever else runs); without, wall seconds on every core.
 Every measurement is repeated ``--rounds`` times, the engines interleaved (A B C A B C ...) so a
 change of the machine's load hits them alike; the table gives each round's seconds and the
 ratios within a round. The largest probability difference of each engine against torch fp32
@@ -37,7 +39,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def engines_for(ckpt: Path, names: list[str], window: int, cache: Path, device: str) -> dict:
+def engines_for(
+    ckpt: Path, names: list[str], window: int, cache: Path, device: str, threads: int | None
+) -> dict:
     """``{"torch fp32": Members, ...}`` over the one checkpoint (ONNX on the CPU)."""
     import torch
 
@@ -51,7 +55,7 @@ def engines_for(ckpt: Path, names: list[str], window: int, cache: Path, device: 
         backend, precision = name.split()
         if backend == "onnx":
             t0 = time.perf_counter()
-            member = OnnxModel(cached_export(ckpt, window, cache))
+            member = OnnxModel(cached_export(ckpt, window, cache), threads=threads)
             print(f"ONNX export (or cache) of {ckpt.name}: {time.perf_counter() - t0:.1f} s")
             out[name] = Members([member], [1.0])
         else:
@@ -95,13 +99,20 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--engines", nargs="+", default=None,
                     help='default: "torch fp32" "torch bf16", and "onnx fp32" on a CPU')  # fmt: skip
-    ap.add_argument("--overlaps", type=int, nargs="+", default=[87])
+    ap.add_argument("--overlaps", type=int, nargs="*", default=[87])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--no-tiles", action="store_true", help="Skip the tile pass.")
     ap.add_argument("--map", action="store_true", help="Also time map_raster per engine.")
     ap.add_argument("--footprint-deg", type=float, default=0.0)
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="Tables in process CPU seconds instead of wall seconds")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=None,
+                    help="Threads of torch and onnxruntime (default: theirs, one per core); "
+                    "1 makes process CPU seconds a fair measure on a loaded machine")  # fmt: skip
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.engines is None:
         args.engines = ["torch fp32", "torch bf16"] + ["onnx fp32"] * (args.device == "cpu")
     mpx = args.size**2 / 1e6
@@ -132,7 +143,7 @@ def run_config(args, root: Path, raster: Path, raw: np.ndarray, config: str, mpx
 
     ckpt = args.checkpoint or untrained_checkpoint(root / f"{config}.ckpt", config)
     print(f"model: {args.checkpoint or 'untrained ' + config}")
-    engines = engines_for(ckpt, args.engines, 350, root / "onnx_cache", args.device)
+    engines = engines_for(ckpt, args.engines, 350, root / "onnx_cache", args.device, args.threads)
     passes = [] if args.no_tiles else [("tiles", None)]
     passes += [(f"sliced, overlap {o}", o) for o in args.overlaps]
     for e in engines.values():  # warm-up (first-call allocations, oneDNN kernels)
@@ -142,20 +153,22 @@ def run_config(args, root: Path, raster: Path, raw: np.ndarray, config: str, mpx
     for rnd in range(args.rounds):
         for stage, overlap in passes:
             for name, engine in engines.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 if overlap is None:
                     p = tiles_pass(engine, raw, args.batch_size)
                 else:
                     p = sliced_pass(engine, raw, overlap, args.batch_size)
-                secs.setdefault((stage, name), []).append(time.perf_counter() - t0)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                secs.setdefault((stage, name), []).append(cpu if args.cpu_time else wall)
                 probs[stage, name] = p
-                print(f"  round {rnd + 1} {stage} {name}: {secs[stage, name][-1]:.1f} s",
+                print(f"  round {rnd + 1} {stage} {name}: {wall:.1f} s wall, {cpu:.1f} s CPU",
                       flush=True)  # fmt: skip
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} / {load[1]:.1f} at the end")
     first = args.engines[0]
+    unit = "CPU seconds" if args.cpu_time else "seconds"
     print(
-        "| stage | engine | seconds by round | Mpx/s (best) | speed vs "
+        f"| stage | engine | {unit} by round | Mpx/s (best) | speed vs "
         f"{first} (by round) | max abs dp vs {first} | mask at 0.5 differs |"
     )
     print("|---|---|---|---|---|---|---|")
@@ -189,7 +202,7 @@ def run_config(args, root: Path, raster: Path, raw: np.ndarray, config: str, mpx
                 MapSettings(window=350), threshold=0.5, cut=0.5, progress=False,
             )  # fmt: skip
             s = time.perf_counter() - t0
-            print(f"map_raster (all outputs), {name}: {s:.1f} s, {mpx / s:.3f} Mpx/s")
+            print(f"map_raster (all outputs), {name}: {s:.1f} s wall, {mpx / s:.3f} Mpx/s")
 
 
 if __name__ == "__main__":

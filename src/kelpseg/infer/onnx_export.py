@@ -153,15 +153,20 @@ class OnnxModel:
 
     device = "cpu"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: ONNX model not found")
+        opts = ort.SessionOptions()
+        if threads:  # default: onnxruntime's, one per physical core
+            opts.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(
-                str(self.path), providers=providers or ["CPUExecutionProvider"]
+                str(self.path), opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own exception types
             line = first_line(err)[:200]
