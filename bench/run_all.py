@@ -41,6 +41,13 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "sahi.py": ([], ["--max-tiles", "4"]),  # needs a trained run: demo_out/run of `make demo`
     "tta.py": ([], ["--max-tiles", "2"]),  # needs a trained run: demo_out/run of `make demo`
     "ensemble_threshold.py": ([], ["--max-tiles", "3"]),  # needs demo_out of `make demo`
+    "scene_trust.py": ([], ["--size", "256"]),  # needs demo_out of `make demo`
+    "sensor_shift.py": ([], ["--areas", "1", "--size", "128"]),  # needs demo_out of `make demo`
+    "timeseries_scale.py": (
+        [],
+        ["--scenes", "200", "--grid-scenes", "10", "--aoi-scenes", "4", "--size", "256"],
+    ),
+    "map_ray.py": ([], ["--scenes", "4"]),
 }
 
 

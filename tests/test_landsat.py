@@ -297,8 +297,8 @@ def test_stack_command(scenes, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert sc.meta.scene_id in res.output and np.array_equal(_read(out), _read(stacked))
     res = runner.invoke(app, ["stack", str(tmp_path), "-o", str(tmp_path / "x.tif")])
-    assert res.exit_code == 1 and "not a Landsat scene folder" in res.output
-    assert "Traceback" not in res.output
+    assert res.exit_code == 1 and "no Landsat scene folder, HLS granule" in res.output
+    assert "only 7-band rasters" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["stack", str(sc.folder), "-o", str(out), "--qa-bits", "cloud,nope"])
     assert res.exit_code == 1 and "unknown QA bit" in res.output
 

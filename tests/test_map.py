@@ -149,7 +149,8 @@ def test_map_end_to_end_batch_resume_and_bad_input(ckpt: Path, tmp_path: Path) -
     )
     assert (scene / "scene.json").stat().st_mtime_ns >= newest  # written last
     table = pd.read_csv(maps / "areas.csv")
-    assert list(table.scene_id) == ["A", "B"]
+    assert sorted(table.scene_id) == ["A", "B"] and table["footprint"].str.startswith("grid:").all()
+    assert table["footprint"].is_monotonic_increasing  # grouped by footprint, then by date
     nocrs = json.loads((maps / "B" / "scene.json").read_text())
     assert nocrs["pixel_area_assumed"] is True and nocrs["crs"] is None
     with rasterio.open(maps / "B" / "B_kelp.tif") as src:

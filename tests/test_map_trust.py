@@ -110,6 +110,7 @@ def test_kelp_only_on_observed_water_and_polygons_agree(ckpt: Path, scene, tmp_p
     beds = pyogrio.read_dataframe(maps / sid / f"{sid}_kelp.gpkg")
     assert beds["area_ha"].sum() == pytest.approx(info["kelp_ha"])  # polygons = kelp_ha
     assert set(beds["scene_id"]) == {sid} and set(beds["date"]) == {info["date"]}
+    assert info["footprint"] == sid.split("_")[2] and set(beds["footprint"]) == {sid.split("_")[2]}
     assert info["dem"]["coverage"] == 1.0 and info["dem"]["files"] == [str(scene.dem)]
     assert 0 < info["dem"]["land_fraction"] < 1
     with rasterio.open(maps / sid / f"{sid}_kelp.tif") as src:
@@ -234,3 +235,81 @@ def test_synthetic_scenes_are_dated_within_their_sensors_life(tmp_path: Path) ->
     )  # fmt: skip
     assert res.exit_code == 0, res.output
     assert next(tmp_path.glob("LT05_*")).name.split("_")[3] < "2013"
+
+
+def test_an_archive_of_every_kind_is_mapped_each_with_its_dem(ckpt: Path, tmp_path: Path):
+    """A folder of scene folders (nested), an HLS granule, a Sentinel-2 .SAFE and a STAC
+    catalog, with junk beside them: each is found, stacked with its own DEM and mapped."""
+    import shutil
+
+    from kelpseg.synth.sensors import (
+        landsat_item,
+        write_hls_granule,
+        write_sentinel2_safe,
+        write_stac_catalog,
+    )
+
+    arch = tmp_path / "archive"
+    l8 = write_landsat_scene(tmp_path / "l8", size=96, seed=2, area_seed=7)
+    shutil.copytree(l8.folder, arch / "landsat" / "2021" / l8.folder.name)
+    hls = write_hls_granule(tmp_path / "hls", size=96, seed=3, area_seed=8)
+    shutil.copytree(hls.folder, arch / "hls" / hls.folder.name)
+    s2 = write_sentinel2_safe(tmp_path / "s2", size=96, seed=4, area_seed=9)
+    shutil.copytree(s2.path, arch / "s2" / s2.path.name)
+    l9 = write_landsat_scene(tmp_path / "l9", size=96, seed=5, area_seed=10, sensor="LANDSAT_9")
+    write_stac_catalog(arch / "stac", [landsat_item(l9)])
+    (arch / "notes.txt").write_text("not a scene")
+    rows = [
+        (l8.meta.scene_id, l8.dem),
+        (hls.granule_id, hls.dem),
+        (s2.product_id, s2.dem),
+        (l9.meta.scene_id, l9.dem),
+    ]
+    mapping = tmp_path / "dems.csv"
+    mapping.write_text("scene,dem\n" + "".join(f"{sid},{dem}\n" for sid, dem in rows))
+    maps = tmp_path / "maps"
+    res = runner.invoke(
+        app, ["map", "-m", str(ckpt), str(arch), "-o", str(maps), "--dem", str(mapping)]
+    )
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(maps / "areas.csv", dtype={"footprint": str})
+    assert sorted(table["scene_id"]) == sorted(sid for sid, _ in rows)
+    assert set(table["sensor"]) == {"LANDSAT_8", "LANDSAT_9", "HLS_L30", "SENTINEL_2A"}
+    assert (table["dem_coverage"] == 1.0).all()
+    for sid, dem in rows:
+        info = json.loads((maps / sid / "scene.json").read_text())
+        assert info["dem"]["files"] == [str(dem)]
+    fp = dict(zip(table["scene_id"], table["footprint"], strict=True))
+    assert fp[hls.granule_id] == hls.tile and fp[s2.product_id] == s2.tile
+    assert fp[l8.meta.scene_id] == l8.meta.scene_id.split("_")[2]
+
+
+def test_two_map_processes_on_the_same_scenes_both_finish(ckpt: Path, tmp_path: Path) -> None:
+    """Two real `kelpseg map` processes on one MAPS folder: neither crashes, every scene is
+    mapped once (the other skips it while it is locked, or keeps it once done)."""
+    import subprocess
+    import sys
+
+    from kelpseg.io import write_raster
+    from tests.test_map import UTM
+    from tests.test_sliced import _raster
+
+    inputs = [
+        write_raster(tmp_path / f"s{i}.tif", _raster(180, 200, seed=i), georef=UTM)
+        for i in range(4)
+    ]
+    maps = tmp_path / "maps"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    args = [sys.executable, "-m", "kelpseg", "map", "-m", str(ckpt), *map(str, inputs)]
+    procs = [
+        subprocess.Popen([*args, "-o", str(maps)], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outs, strict=True):
+        assert p.returncode == 0, out
+        assert "Traceback" not in out
+    assert sorted(p.parent.name for p in maps.glob("*/scene.json")) == ["s0", "s1", "s2", "s3"]
+    assert len(pd.read_csv(maps / "areas.csv")) == 4
+    assert not list(maps.glob("*/.*.tmp*"))

@@ -1,5 +1,6 @@
 """`kelpseg timeseries`: a MAPS folder built here (3 acquisitions of one UTM raster), with and
-without an AOI in EPSG:4326, a cloudy date flagged; competition tiles grouped by AOI."""
+without an AOI in EPSG:4326, a cloudy date flagged; competition tiles grouped by AOI.
+Footprints, AOIs and quarters: tests/test_timeseries_aoi.py."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from shapely.geometry import Polygon, mapping
 from typer.testing import CliRunner
 
 from kelpseg.cli import app
+from kelpseg.geo.footprint import footprint_id
 from kelpseg.geo.timeseries import aoi_areas, read_aoi, scene_series
 from kelpseg.io.raster import Georef, write_raster
 
@@ -112,9 +114,12 @@ def test_whole_scenes_sorted_by_date_cloudy_flagged(maps, tmp_path):
     for _, row in ts.iterrows():
         assert row["kelp_ha"] == pytest.approx(truth[row["scene_id"]]["kelp_ha"])
         assert row["observed_fraction"] == pytest.approx(
-            truth[row["scene_id"]]["observed_fraction"]
+            truth[row["scene_id"]]["observed_fraction"], abs=5e-5
         )
     assert list(ts["well_observed"]) == [True, True, False]
+    # old scene.json (no footprint key, ids that name none): the kelp rasters' grid, one series
+    assert set(ts["footprint"]) == {footprint_id(None, CRS_UTM, UTM, (H, W))}
+    assert "footprints mixed" not in res.output
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "1 poorly observed" in res.output
 
@@ -126,6 +131,7 @@ def test_aoi_in_wgs84_counts_only_inside(maps, tmp_path):
     res = CliRunner().invoke(app, ["timeseries", str(root), "--aoi", str(aoi), "-o", str(out)])
     assert res.exit_code == 0, res.output
     ts = pd.read_csv(out).set_index("scene_id")
+    assert set(ts["aoi"]) == {"bay"} and "named by its column 'name'" in res.output
     for scene_id, t in truth.items():
         row = ts.loc[scene_id]
         assert row["kelp_ha"] == pytest.approx(t["aoi_kelp_ha"])
@@ -150,14 +156,16 @@ def test_aoi_beyond_the_scene_edge_is_not_well_observed(maps, tmp_path):
     assert not ts["well_observed"].any()
 
 
-def test_aoi_outside_every_scene_fails(maps, tmp_path):
+def test_aoi_outside_every_scene_fails_with_a_crs_hint_and_no_csv(maps, tmp_path):
     root, _ = maps
     aoi = _aoi_geojson(tmp_path / "far.geojson", rows=(500, 520), cols=(500, 520))
-    res = CliRunner().invoke(
-        app, ["timeseries", str(root), "--aoi", str(aoi), "-o", str(tmp_path / "x.csv")]
-    )
+    out = tmp_path / "x.csv"
+    res = CliRunner().invoke(app, ["timeseries", str(root), "--aoi", str(aoi), "-o", str(out)])
     assert res.exit_code == 1
-    assert "no acquisition overlaps" in res.output
+    assert "no acquisition overlaps" in res.output and "is its CRS right?" in res.output
+    # both extents in the AOI's CRS: the AOI's and the scenes' (the scene's west edge in lon)
+    assert "EPSG:4326) overlaps none of 3 scenes (they cover -118." in res.output
+    assert not out.exists() and not list(tmp_path.glob(".*tmp*"))
 
 
 def test_bad_scene_reported_rest_goes_on(maps, tmp_path):
@@ -255,6 +263,6 @@ def test_aoi_read_in_row_blocks_gives_the_same_areas(maps, tmp_path):
     root, _ = maps
     aoi = read_aoi(_aoi_geojson(tmp_path / "edge.geojson", rows=(3, 50), cols=(-4, 45)))
     kelp, cov = root / "LC08_B" / "LC08_B_kelp.tif", root / "LC08_B" / "LC08_B_coverage.tif"
-    whole = aoi_areas(kelp, cov, aoi)
-    assert aoi_areas(kelp, cov, aoi, block_rows=7) == pytest.approx(whole, rel=1e-12)
+    whole = aoi_areas(kelp, cov, aoi)["bay"]
+    assert aoi_areas(kelp, cov, aoi, block_rows=7)["bay"] == pytest.approx(whole, rel=1e-12)
     assert whole["kelp_ha"] > 0 and whole["aoi_valid_fraction"] < 0.9

@@ -278,6 +278,11 @@ def test_cli_refuses_a_bad_space_before_any_work(tmp_path) -> None:
     assert res.exit_code == 1 and "no *_satellite.tif tiles found" in res.output, res.output
     res = CliRunner().invoke(app, [*args, "--heartbeat", "5", "--grace", "5"])
     assert res.exit_code == 1 and "--grace (5) must be longer" in res.output
+    # without --space: the built-in grid, and it says so (then finds no tiles here)
+    res = CliRunner().invoke(app, ["tune", str(tmp_path), "-c", "tiny", "--trials", "1",
+                                   "-o", str(out)])  # fmt: skip
+    assert "built-in 'space'" in res.output and "configs/space.yaml" in res.output
+    assert res.exit_code == 1 and "no *_satellite.tif tiles found" in res.output, res.output
 
 
 def test_storage_urls_and_pruners(tmp_path) -> None:

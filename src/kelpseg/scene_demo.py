@@ -38,11 +38,13 @@ def map_demo_scene(run: Path, out: Path, *, size: int = SCENE_SIZE, seed: int = 
     with open_raster(scene.truth) as src:
         truth = src.read(1)
     judged = (truth != MASK_NODATA) & (pred != MASK_NODATA)
+    true = json.loads(scene.truth.with_name(f"{sid}_truth.json").read_text())
     summary = {
         "scene_id": sid,
         "size_px": size,
-        "kelp_ha_mapped": mapped["kelp_ha"],
-        "kelp_ha_true": scene.kelp_ha,
+        # kelp_ha counts clear water only: the truth on the same pixels (QA not flagged)
+        "kelp_ha_mapped": mapped["kelp_ha"] or 0.0,
+        "kelp_ha_true": true["kelp_clear_ha"],
         "observed_fraction": mapped["observed_fraction"],
         "dice": dice(pred[judged] == 1, truth[judged] == 1),
         "threshold": mapped["threshold"],
@@ -58,8 +60,8 @@ def scene_lines(s: dict) -> list[str]:
     ratio = s["kelp_ha_mapped"] / s["kelp_ha_true"] if s["kelp_ha_true"] else np.nan
     return [
         f"whole scene ({s['size_px']}x{s['size_px']} px synthetic Landsat 8, {s['seconds']} s): "
-        f"kelp {s['kelp_ha_mapped']:.1f} ha mapped vs {s['kelp_ha_true']:.1f} ha true "
-        f"({ratio:.2f}x), scene Dice {s['dice']:.3f}, water observed "
+        f"kelp on clear water {s['kelp_ha_mapped']:.1f} ha mapped vs {s['kelp_ha_true']:.1f} ha "
+        f"true ({ratio:.2f}x), scene Dice {s['dice']:.3f}, water observed "
         f"{s['observed_fraction']:.0%}",
         f"scene maps (COGs, polygons, quick-look): {s['maps']}",
     ]

@@ -55,12 +55,14 @@ WeightsOpt = Annotated[
     str | None,
     typer.Option(
         help="Ensemble weights: equal, dice (val Dice, min-max; --run) or 0.2,0.8 "
-        "[predict.weights]."
+        "(config: predict.weights)."
     ),
 ]
 VoteOpt = Annotated[
     str | None,
-    typer.Option(help="soft: mean probability; hard: mean of thresholded masks [predict.vote]."),
+    typer.Option(
+        help="soft: mean probability; hard: mean of thresholded masks (config: predict.vote)."
+    ),
 ]
 ThresholdOpt = Annotated[
     float | None,
@@ -74,12 +76,12 @@ PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         help="fp32, bf16 or fp16 autocast; default bf16 on a GPU with it, else fp32 "
-        "[predict.precision]."
+        "(config: predict.precision)."
     ),
 ]
 TtaOpt = Annotated[
     str | None,
-    typer.Option(help="Test-time augmentation: none, flips or d4 (8) [predict.tta]."),
+    typer.Option(help="Test-time augmentation: none, flips or d4 (8) (config: predict.tta)."),
 ]
 SlicesOpt = Annotated[
     int,

@@ -53,22 +53,24 @@ def predict(
     vote: VoteOpt = None,
     threshold: ThresholdOpt = None,
     batch_size: Annotated[
-        int | None, typer.Option(help="Tiles per batch [predict.batch_size].")
+        int | None, typer.Option(help="Tiles per batch (config: predict.batch_size).")
     ] = None,
     precision: PrecisionOpt = None,
     tta: TtaOpt = None,
     probabilities: Annotated[
-        bool | None, typer.Option(help="Also write {id}_proba.tif [predict.probabilities].")
+        bool | None, typer.Option(help="Also write {id}_proba.tif (config: predict.probabilities).")
     ] = None,
     proba_format: Annotated[
         str | None,
         typer.Option(
-            help="float32 (NaN nodata) or uint8 (p*254, 255 nodata) [predict.proba_format]."
+            help="float32 (NaN nodata) or uint8 (p*254, 255 nodata) (config: predict.proba_format)."
         ),
     ] = None,
     spread: Annotated[
         bool | None,
-        typer.Option(help="Ensembles: also write {id}_spread.tif (members' std) [predict.spread]."),
+        typer.Option(
+            help="Ensembles: also write {id}_spread.tif (members' std) (config: predict.spread)."
+        ),
     ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Redo every tile (default: keep complete outputs of a rerun).")

@@ -47,38 +47,56 @@ NoDemOpt = Annotated[
 @app.command()
 @reports(TileError, ValueError, OSError)
 def stack(
-    scene: Annotated[Path, typer.Argument(help="A Landsat Collection 2 Level-2 scene folder.")],
+    scene: Annotated[
+        Path,
+        typer.Argument(
+            help="A Landsat Collection 2 Level-2 scene folder, an HLS granule, a Sentinel-2 L2A "
+            ".SAFE folder or a local STAC item."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="The 7-band GeoTIFF to write.")],
     dem: DemOpt = None,
     qa_bits: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="QA_PIXEL flags that make QA = 1: fill, dilated_cloud, cirrus, cloud, "
-            "cloud_shadow, snow, cloud_conf_medium, cloud_conf_high, shadow_conf_high, "
-            "snow_conf_high, cirrus_conf_high."
+            help="Flags that make QA = 1 (each sensor's equivalent): fill, dilated_cloud, "
+            "cirrus, cloud, cloud_shadow, snow, cloud_conf_medium, cloud_conf_high, "
+            "shadow_conf_high, snow_conf_high, cirrus_conf_high; default: each sensor's "
+            "(Landsat: fill, dilated_cloud, cirrus, cloud, cloud_shadow)."
         ),
-    ] = ",".join(("fill", "dilated_cloud", "cirrus", "cloud", "cloud_shadow")),
+    ] = None,
     block: Annotated[
         int, typer.Option(min=16, help="Window side in px (memory per window).")
     ] = 1024,
 ) -> None:
-    """Scene folder (+ DEM) -> the model's 7-band int16 input (SWIR1, NIR, Red, Green, Blue, QA,
-    DEM; -32768 fill), written window by window; the DEM's files and footprint are tagged.
-    (kelpseg.io.landsat, kelpseg.geo.dem)"""
+    """A scene or product (+ DEM) -> the model's 7-band int16 input (SWIR1, NIR, Red, Green,
+    Blue, QA, DEM; -32768 fill), written window by window; the DEM's files and footprint are
+    tagged. (kelpseg.io.sources, kelpseg.io.landsat, kelpseg.geo.dem)"""
     from kelpseg.geo.dem import Dems
-    from kelpseg.io.landsat import read_scene_meta, scene_grid, stack_scene
+    from kelpseg.io.sources import find_sources, source_grid, stack_source
 
     if out.exists() and out.is_dir():
         fail(IsADirectoryError(f"-o {out}: a folder, give the .tif file to write"))
-    tags = {}
+    found, broken = find_sources([scene])
+    if broken:
+        raise broken[0]
+    wanted = [s for s in found if s.kind != "raster"]
+    if not wanted:
+        rasters = " (only 7-band rasters, which need no stacking)" * bool(found)
+        fail(FileNotFoundError(f"{scene}: no Landsat scene folder, HLS granule, Sentinel-2 "
+                               f".SAFE or STAC item{rasters}"))  # fmt: skip
+    if len(wanted) > 1:
+        what = ", ".join(s.scene_id for s in wanted[:5])
+        usage(f"{scene}: stack takes one scene or product, found {len(wanted)} ({what})")
+    src = wanted[0]
+    tags: dict[str, str] = {}
     path = None
     if dem is not None:
-        meta = read_scene_meta(scene)
-        crs, transform, shape = scene_grid(scene)
+        g = source_grid(src)
+        choice = Dems(dem).choose(src.scene_id, src.path, g.crs, g.transform, (g.height, g.width))
         out.parent.mkdir(parents=True, exist_ok=True)
-        choice = Dems(dem).choose(meta.scene_id, scene, crs, transform, shape)
         path = choice.source(out.parent)
-        tags["dem"] = ",".join(str(f) for f in choice.files)
+        tags["dem_files"] = ",".join(str(f) for f in choice.files)
         if choice.footprint is not None:
             tags["dem_footprint"] = choice.footprint.wkt
     else:
@@ -87,10 +105,9 @@ def stack(
             "(`kelpseg map` refuses such a raster unless --no-dem)",
             err=True,
         )
+    bits = qa_bits.split(",") if qa_bits else None
     try:
-        meta = stack_scene(
-            scene, out, path, qa_bits=qa_bits.split(","), block=block, progress=True, tags=tags
-        )
+        meta = stack_source(src, out, path, qa_bits=bits, block=block, progress=True, tags=tags)
     finally:
         if path is not None and path.name.endswith(".dem.vrt"):
             path.unlink(missing_ok=True)
@@ -103,8 +120,9 @@ def map_cmd(
     inputs: Annotated[
         list[Path],
         typer.Argument(
-            help="Landsat Collection 2 Level-2 scene folders (stacked on the fly) or 7-band "
-            "int16 rasters of any size.",
+            help="Landsat Collection 2 Level-2 scene folders, HLS granules, Sentinel-2 L2A .SAFE "
+            "folders, local STAC items or catalogs (each stacked on the fly), 7-band int16 "
+            "rasters of any size, or folders of any of these (searched recursively).",
             show_default=False,
         ),
     ],
@@ -157,6 +175,34 @@ def map_cmd(
     config: PredictConfigOpt = None,
     set_: SetOpt = None,
     strict: StrictOpt = False,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="ADDRESS",
+            help="Map on a Ray cluster, one task per scene: local (start one here, or join the "
+            "one running here), auto, HOST:6379 or ray://HOST:10001.",
+        ),
+    ] = None,
+    executor: Annotated[
+        str, typer.Option(help="serial (here, one scene after another) or ray (= --ray local).")
+    ] = "serial",
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="With --ray: workers, each loading the models once; default one per CPU of "
+            "the cluster, or one per GPU when it has GPUs.",
+        ),
+    ] = None,
+    retries: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="With --ray: resubmissions of a scene whose worker died (killed, out of "
+            "memory); default 2. A bad input is never retried.",
+        ),
+    ] = None,
 ) -> None:
     """Scenes or rasters of any size -> MAPS/{scene_id}/: kelp, probability, spread, coverage
     COGs, kelp-bed polygons, quick-look PNG, scene.json; MAPS/areas.csv. Kelp is counted on
@@ -174,16 +220,27 @@ def map_cmd(
         usage(f"--backend onnx runs fp32 only, not --precision {precision}")
     if out.exists() and not out.is_dir():
         fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
+    if executor not in ("serial", "ray"):
+        usage(f"--executor {executor}: serial or ray")
+    on_ray = ray is not None or executor == "ray"
+    if not on_ray and (workers is not None or retries is not None):
+        usage("--workers and --retries go with --ray ADDRESS (or --executor ray)")
+    if ray not in (None, "", "local", "auto") and Path(ray).exists():
+        usage(
+            f"--ray {ray}: a path, not a cluster address (local, auto, HOST:6379, ray://HOST:10001)"
+        )
     dems = Dems(dem, no_dem=no_dem)
-    ens = assemble(
-        list(model or []),
-        run,
-        config=config,
-        overrides=set_,
-        flags={"weights": weights, "vote": vote, "precision": precision, "tta": tta},
-        threshold=threshold,
-        batch_size=batch_size,
-    )
+    assembly = {
+        "members": list(model or []),
+        "run": run,
+        "config": config,
+        "overrides": set_,
+        "flags": {"weights": weights, "vote": vote, "precision": precision, "tta": tta},
+        "threshold": threshold,
+        "batch_size": batch_size,
+    }
+    # with --ray the workers load the models; the driver's copy (on the CPU) checks the flags
+    ens = assemble(**assembly, **({"device": "cpu"} if on_ray else {}))
     for note in ens.notes:
         typer.secho(f"note: {note}", err=True)
     try:
@@ -200,12 +257,23 @@ def map_cmd(
         )
     except ValueError as err:
         usage(str(err))
-    res = map_inputs(ens, inputs, out, settings, dems=dems, overwrite=overwrite)
+    cluster = ""
+    if on_ray:
+        from kelpseg.infer.distributed import map_on_ray
+
+        res = map_on_ray(
+            assembly, inputs, out, settings, dem=dem, no_dem=no_dem, overwrite=overwrite,
+            address=ray, workers=workers, retries=2 if retries is None else retries,
+        )  # fmt: skip
+        redone = f", {res.retried} resubmitted after a worker died" if res.retried else ""
+        cluster = f", on {res.pool} Ray workers{redone}"
+    else:
+        res = map_inputs(ens, inputs, out, settings, dems=dems, overwrite=overwrite)
     res.report.finish(strict=strict)
     kept = f", {res.reused} kept from an earlier run" if res.reused else ""
     busy = f", {len(res.busy)} being mapped by another process" if res.busy else ""
     areas = out / "areas.csv"
-    typer.echo(f"{len(res.scenes)} scenes ({ens.describe()}{kept}{busy}) -> {areas}")
+    typer.echo(f"{len(res.scenes)} scenes ({ens.describe()}{kept}{busy}{cluster}) -> {areas}")
 
 
 @app.command()
@@ -219,7 +287,21 @@ def timeseries(
     ),
     aoi: Annotated[
         Path | None,
-        typer.Option(help="Area of interest (GeoJSON, GeoPackage...); default: whole scenes."),
+        typer.Option(
+            help="Areas of interest (GeoPackage, GeoJSON, shapefile...): one series per feature, "
+            "named by its name/id column; default: whole scenes."
+        ),
+    ] = None,
+    aoi_crs: Annotated[
+        str | None,
+        typer.Option(help="The AOI's CRS (e.g. EPSG:32611) when its file has none or a wrong one."),
+    ] = None,
+    aoi_union: Annotated[
+        bool, typer.Option("--aoi-union", help="One AOI: the union of every feature.")
+    ] = False,
+    quarterly: Annotated[
+        Path | None,
+        typer.Option(help="Also write Kelpwatch-style quarters (max, well-observed mean) here."),
     ] = None,
     plot: Annotated[Path | None, typer.Option(help="Also draw the series to this PNG.")] = None,
     min_observed: Annotated[
@@ -235,34 +317,51 @@ def timeseries(
     ] = None,
     strict: StrictOpt = False,
 ) -> None:
-    """Kelp area per acquisition (inside --aoi) with the observed fraction of the water, so a
-    cloudy date is not read as kelp loss -> CSV (+ plot). (kelpseg.geo.timeseries)"""
-    from kelpseg.geo.timeseries import plot_series, read_aoi, scene_series, tile_series
-    from kelpseg.io.raster import atomic_write_text
+    """Kelp area per acquisition and footprint (inside each --aoi feature) with the observed
+    fraction of the water, so a cloudy date is not read as kelp loss -> CSV (+ quarters, plot).
+    (kelpseg.geo.timeseries)"""
+    from kelpseg.geo.timeseries import (
+        footprint_warning,
+        plot_series,
+        read_aoi,
+        scene_series,
+        tile_series,
+        write_table,
+    )
+    from kelpseg.geo.timeseries import quarterly as quarters_of
 
     if groups is None and tiles is not None:
         fail(ValueError("--tiles goes with --groups (competition tiles mode)"))
-    if groups is not None and aoi is not None:
-        fail(ValueError("--aoi needs a `kelpseg map` folder; tiles are grouped by --groups"))
+    if groups is not None and (aoi or aoi_crs or aoi_union or quarterly):
+        fail(ValueError("--aoi* and --quarterly need a `kelpseg map` folder (tiles: --groups)"))
+    if aoi is None and (aoi_crs or aoi_union):
+        fail(ValueError("--aoi-crs and --aoi-union go with --aoi"))
     try:
         if groups is not None:
             table, report, ungrouped = tile_series(maps, groups, tiles, min_observed=min_observed)
         else:
-            area = read_aoi(aoi) if aoi is not None else None
+            area = read_aoi(aoi, crs=aoi_crs, union=aoi_union) if aoi is not None else None
             table, report = scene_series(maps, area, min_observed=min_observed)
         report.finish(strict=strict)
-        atomic_write_text(out, table.to_csv(index=False))
-        if plot is not None and not table.empty:
+        if table.empty:
+            why = f"has an AOI group in {groups}" if groups else f"overlaps the AOI {aoi}"
+            raise ValueError(f"{maps}: no acquisition {why}")
+        quarters = quarters_of(table) if quarterly is not None else None
+        # everything is known: only now write (each file atomically), nothing on failure
+        if plot is not None:
             plot_series(table, plot, min_observed=min_observed)
+        if quarters is not None and quarterly is not None:
+            write_table(quarters, quarterly)
+        write_table(table, out)
     except (NothingValidError, FileNotFoundError, ValueError, OSError) as err:
         fail(err)
-    if table.empty:
-        why = f"has an AOI group in {groups}" if groups else f"overlaps the AOI {aoi}"
-        fail(ValueError(f"{maps}: no acquisition {why}"))
     if table["pixel_area_assumed"].any():
         typer.echo(
             "note: rasters without a CRS: 30 m x 30 m pixels assumed (column pixel_area_assumed)"
         )
+    warning = footprint_warning(table)
+    if warning:
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
     if groups is not None:
         typer.echo(
             f"tiles carry no date: one series per AOI group ({table['aoi'].nunique()}), "
@@ -275,9 +374,13 @@ def timeseries(
         if tiles is None:
             typer.echo("no --tiles: water and observed fraction left empty")
     poor = table["well_observed"] == False  # noqa: E712 (NA in tiles mode without --tiles)
-    kelp = table.loc[~poor, "kelp_ha"]
-    span = f"kelp {kelp.min():.1f} to {kelp.max():.1f} ha" if len(kelp) else "no well-observed row"
+    kelp = table.loc[~poor, "kelp_ha"].dropna()
+    span = f"kelp {kelp.min():.2f} to {kelp.max():.2f} ha" if len(kelp) else "no well-observed row"
+    blind = int(table["kelp_ha"].isna().sum())
+    unseen = f", {blind} without clear water (kelp_ha empty)" if blind else ""
+    written = [str(p) for p in (quarterly, plot) if p is not None]
     typer.echo(
         f"{len(table)} rows, {span} where well observed, {int(poor.sum())} poorly observed "
-        f"(observed fraction < {min_observed}) -> {out}" + (f", {plot}" if plot else "")
+        f"(observed fraction < {min_observed}){unseen} -> {out}"
+        + "".join(f", {w}" for w in written)
     )

@@ -49,15 +49,16 @@ def train(
 @app.command()
 def tune(
     data: Annotated[Path, typer.Argument(help="Dataset folder.")],
-    space: Annotated[
-        str,
-        typer.Option(
-            help="Search-space YAML, or built-in `space` (the 2nd-place grid) / `space_tiny`."
-        ),
-    ],
     trials: Annotated[
         int, typer.Option(min=1, help="Trials the study should hold, all workers together.")
     ],
+    space: Annotated[
+        str | None,
+        typer.Option(
+            help="Search-space YAML, or built-in `space` (the 2nd-place grid) / `space_tiny`; "
+            "default: the built-in `space` (configs/space.yaml), said when used."
+        ),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o")] = Path("kelpseg_tune"),
     storage: Annotated[
         str | None,
@@ -99,6 +100,13 @@ def tune(
     if grace is not None and grace <= heartbeat:
         fail(ValueError(f"--grace ({grace}) must be longer than --heartbeat ({heartbeat})"))
     try:
+        if space is None:
+            space = "space"
+            typer.secho(
+                "search space: built-in 'space' (kelpseg/configs/space.yaml, the 2nd-place grid; "
+                "choose another with --space)",
+                err=True,
+            )
         space_path = Path(space)
         search = load_space(space_path, cfg)
         if seed is not None:

@@ -75,12 +75,16 @@ class QuickLook:
 
         img = self.image()
         h, w = img.shape[:2]
-        fig = plt.figure(figsize=(max(w, 500) / 100, (h + 120) / 100), dpi=100)
-        ax = fig.add_axes((0, 90 / (h + 120), 1, h / (h + 120)))
+        top, bottom = 44, 90  # px for the title; for the legend and the scale bar
+        H = h + top + bottom
+        fig = plt.figure(figsize=(max(w, 600) / 100, H / 100), dpi=100)
+        ax = fig.add_axes((0, bottom / H, 1, h / H))
         ax.imshow(img, interpolation="nearest")
         ax.set_axis_off()
-        if title:
-            fig.text(0.5, 1 - 12 / (h + 120), title, ha="center", va="top", fontsize=10)
+        if title:  # the scene id on its own line: a product id is ~40 characters
+            first, _, rest = title.partition(" · ")
+            text = f"{first}\n{rest}" if rest else first
+            fig.text(0.5, 1 - 6 / H, text, ha="center", va="top", fontsize=9, linespacing=1.4)
         handles = [
             Line2D([], [], color=OUTLINE / 255, lw=2, label="kelp (outline)"),
             Patch(facecolor=(FILL_DARK / 255,) * 3, edgecolor="0.5", label="no data"),
@@ -90,23 +94,22 @@ class QuickLook:
             fontsize=8, frameon=False,
         )  # fmt: skip
         if pixel_m:
-            self._scale_bar(fig, w, h, pixel_m * self.step)
+            self._scale_bar(fig, w, H, pixel_m * self.step)
         if note:
             fig.text(0.01, 0.005, note, fontsize=7, color="0.35", va="bottom")
         return save_figure(fig, path, dpi=100)
 
     @staticmethod
-    def _scale_bar(fig, w: int, h: int, metres_per_px: float) -> None:
-        """A bar of a round length (about a fifth of the picture) under its left corner."""
+    def _scale_bar(fig, w: int, H: int, metres_per_px: float) -> None:
+        """A bar of a round length (about a fifth of the picture) under its left corner;
+        ``H``: the figure's height in px."""
         from matplotlib.patches import Rectangle
 
         target = w * metres_per_px / 5
         exp = 10 ** math.floor(math.log10(target))
         length = max(m * exp for m in (1, 2, 5) if m * exp <= target)
-        frac = length / metres_per_px / max(w, 500)
-        y = 55 / (h + 120)
-        fig.add_artist(
-            Rectangle((0.02, y), frac, 8 / (h + 120), transform=fig.transFigure, color="k")
-        )
+        frac = length / metres_per_px / max(w, 600)
+        y = 55 / H
+        fig.add_artist(Rectangle((0.02, y), frac, 8 / H, transform=fig.transFigure, color="k"))
         label = f"{length / 1000:g} km" if length >= 1000 else f"{length:g} m"
-        fig.text(0.02 + frac / 2, y - 4 / (h + 120), label, ha="center", va="top", fontsize=8)
+        fig.text(0.02 + frac / 2, y - 4 / H, label, ha="center", va="top", fontsize=8)

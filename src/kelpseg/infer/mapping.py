@@ -37,13 +37,16 @@ import pandas as pd
 from kelpseg import __version__
 from kelpseg.geo.coverage import CLEAR_WATER, CLOUDY_WATER, LAND, NAMES, NO_DEM, coverage_codes
 from kelpseg.geo.dem import WITHOUT_DEM, DemChoice, DemError, Dems
+from kelpseg.geo.footprint import footprint_id
 from kelpseg.geo.reach import DEFAULT_MAX_OFFSHORE_M
 from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
+from kelpseg.io.sources import find_sources
 from kelpseg.io.tiles import DEM_INDEX, MASK_NODATA, NODATA
 
 AREAS_COLUMNS = [
     "scene_id",
+    "footprint",
     "sensor",
     "date",
     "kelp_ha",
@@ -56,7 +59,6 @@ AREAS_COLUMNS = [
     "pixel_area_assumed",
 ]
 """``areas.csv``: hectares rounded to 0.01, fractions to 4 decimals (see the README's table)."""
-HA_DECIMALS, FRACTION_DECIMALS = 2, 4
 
 
 class MapError(TileError):
@@ -97,57 +99,46 @@ class MapResult:
 
 @dataclass(frozen=True)
 class SceneInput:
-    """What one input is, before any stacking."""
+    """What one input is, before any stacking (from :func:`kelpseg.io.sources.find_sources`)."""
 
     source: Path
     scene_id: str
     sensor: str | None
     date: str | None
     is_folder: bool
+    """Whether it must be stacked first (a scene or product), or is a 7-band raster."""
+    origin: Any = None
+    """The :class:`kelpseg.io.sources.Source` it was found as."""
+    files: tuple[Path, ...] = ()
+
+    @classmethod
+    def of(cls, src: Any) -> SceneInput:
+        return cls(
+            src.path,
+            src.scene_id,
+            src.sensor or None,
+            src.date.isoformat() if src.date else None,
+            src.kind != "raster",
+            src,
+            tuple(src.files),
+        )
 
 
-def describe_input(source: Path) -> SceneInput:
-    """Scene id, sensor and date of a scene folder (its MTL) or a raster (its tags, else its
-    file stem).
-
-    Raises:
-        MapError: not found, not a scene folder, not a readable raster.
-    """
-    if not source.exists():
-        raise MapError(source, "not found")
-    if source.is_dir():
-        from kelpseg.io.landsat import is_scene_dir, read_scene_meta
-
-        if not is_scene_dir(source):
-            raise MapError(source, "a folder without a Landsat scene (*_SR_B*.TIF, QA_PIXEL)")
-        meta = read_scene_meta(source)
-        return SceneInput(source, meta.scene_id, meta.sensor, meta.date.isoformat(), True)
-    try:
-        with open_raster(source) as src:
-            tags = src.tags()
-    except Exception as err:  # rasterio raises several kinds for non-rasters
-        raise MapError(source, f"not a readable raster: {first_line(err)}") from err
-    return SceneInput(
-        source, tags.get("scene_id") or source.stem, tags.get("sensor"), tags.get("date"), False
-    )
-
-
-def _input_stamp(path: Path) -> list[Any]:
-    """What identifies an input's content cheaply: names, sizes, modification times."""
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+def _stamp(files: list[Path]) -> list[Any]:
+    """What identifies files' content cheaply: names, sizes, modification times."""
     return [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
 def fingerprint(
-    model_hash: str, ens_settings: dict, settings: MapSettings, source: Path, dems: list[Path]
+    model_hash: str, ens_settings: dict, settings: MapSettings, inputs: list[Path], dems: list[Path]
 ) -> str:
     """Models, settings and input (and DEM) stamps hashed: a rerun keeps only matching scenes."""
     stamp = {
         "models": model_hash,
         "ensemble": ens_settings,
         "settings": settings.as_dict(),
-        "input": _input_stamp(source),
-        "dem": [_input_stamp(d) for d in dems],
+        "input": _stamp(sorted(inputs)),
+        "dem": _stamp(dems),
     }
     return hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -286,7 +277,8 @@ def _map_raster(
         georef = georef_of(src)
         H, W = src.height, src.width
         common = {"height": H, "width": W, "georef": georef, "compress": settings.compress}
-        tags = {"threshold": str(threshold), **tags}
+        footprint_of = footprint_id(sid, georef.crs, georef.transform, (H, W))
+        tags = {"threshold": str(threshold), "footprint": footprint_of, **tags}
         writers = {
             "coverage": CogWriter(
                 names["coverage"],
@@ -384,7 +376,7 @@ def _map_raster(
             writers["proba"].path.unlink(missing_ok=True)
     with open_raster(names["kelp"]) as src:
         mask = src.read(1)  # polygons need the whole mask: 1 byte per pixel
-    info = _polygons(mask, georef, folder, scene, settings)
+    info = _polygons(mask, georef, folder, scene, settings, footprint_of)
     del mask
     _, assumed = row_areas_ha(georef.crs, georef.transform, 1)
     look.save(
@@ -396,6 +388,7 @@ def _map_raster(
     )
     water, clear = ha[CLEAR_WATER] + ha[CLOUDY_WATER], ha[CLEAR_WATER]
     return {
+        "footprint": footprint_of,
         "crs": georef.crs.to_wkt() if georef.crs is not None else None,
         "pixel_area_assumed": bool(assumed),
         # unobserved is empty, never 0: no clear water means nothing could be seen
@@ -470,7 +463,12 @@ def _pixel_m(georef: Any) -> float | None:
 
 
 def _polygons(
-    mask: np.ndarray, georef: Any, folder: Path, scene: SceneInput, settings: MapSettings
+    mask: np.ndarray,
+    georef: Any,
+    folder: Path,
+    scene: SceneInput,
+    settings: MapSettings,
+    footprint: str,
 ) -> dict[str, Any]:
     from kelpseg.geo.vector import kelp_polygons, write_polygons
 
@@ -480,25 +478,23 @@ def _polygons(
         georef.crs,
         min_area_ha=settings.min_area_ha,
         nodata=MASK_NODATA,
-        attributes={"scene_id": scene.scene_id, "date": scene.date, "sensor": scene.sensor},
+        attributes={
+            "scene_id": scene.scene_id,
+            "footprint": footprint,
+            "date": scene.date,
+            "sensor": scene.sensor,
+        },
     )
     write_polygons(polys, folder / f"{scene.scene_id}_kelp.gpkg", geojson=settings.geojson)
     return {"polygons": len(polys), "polygons_ha": float(polys["area_ha"].sum())}
 
 
-def _rounded(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    for key in AREAS_COLUMNS:
-        value = out.get(key)
-        if isinstance(value, float):
-            digits = HA_DECIMALS if key.endswith("_ha") else FRACTION_DECIMALS
-            out[key] = round(value, digits)
-    return out
-
-
 def rebuild_areas(maps: Path) -> Path | None:
-    """``MAPS/areas.csv`` from every ``MAPS/*/scene.json`` (atomic), sorted by date and id;
+    """``MAPS/areas.csv`` from every ``MAPS/*/scene.json`` (atomic), sorted by footprint, date
+    and id, rounded as the time series are (:func:`kelpseg.geo.timeseries.write_table`);
     nothing is written when no scene is done (no header-only file)."""
+    from kelpseg.geo.timeseries import FRACTION_DECIMALS, write_table
+
     rows = []
     for path in sorted(maps.glob("*/scene.json")):
         try:
@@ -506,12 +502,13 @@ def rebuild_areas(maps: Path) -> Path | None:
         except (OSError, ValueError):
             continue
         meta["dem_coverage"] = (meta.get("dem") or {}).get("coverage")
-        rows.append(_rounded(meta))
+        rows.append(meta)
     if not rows:
         return None
     table = pd.DataFrame(rows, columns=AREAS_COLUMNS)
-    table = table.sort_values(["date", "scene_id"], na_position="last", kind="stable")
-    return atomic_write_text(maps / "areas.csv", table.to_csv(index=False))
+    table["dem_coverage"] = pd.to_numeric(table["dem_coverage"]).round(FRACTION_DECIMALS)
+    table = table.sort_values(["footprint", "date", "scene_id"], na_position="last", kind="stable")
+    return write_table(table, maps / "areas.csv")
 
 
 def map_run(
@@ -577,46 +574,123 @@ def map_inputs(
     """
     result = MapResult()
     dems = dems or Dems(None)
+    engine = scene_engine(ens, settings)
+    taken: dict[str, Path] = {}  # scene id -> the input mapped under it in this call
+    found, broken = find_sources(inputs)
+    for err in broken:
+        result.report.add(err)
+    for src in found:
+        try:
+            scene = claim_scene(src, taken)
+        except TileError as err:
+            result.report.add(err)
+            continue
+        map_scene(ens, engine, scene, maps, settings, dems, overwrite, progress).record(result)
+    if maps.is_dir():
+        rebuild_areas(maps)
+    return result
+
+
+def scene_engine(ens: Any, settings: MapSettings) -> Any:
+    """The ensemble engine every scene of a call is predicted with (spread on, the slices and
+    batch size of the call; checkpoint members as cached ONNX graphs under ``--backend onnx``)."""
     if settings.backend == "onnx":
         from kelpseg.infer.onnx_export import onnx_assembly
 
         ens = onnx_assembly(ens, settings.window)
     engine = ens.engine(spread=True, slices=settings.slices)
     engine.batch_size = ens.batch_size
-    taken: dict[str, Path] = {}  # scene id -> the input mapped under it in this call
-    for source in inputs:
+    return engine
+
+
+def claim_scene(src: Any, taken: dict[str, Path]) -> SceneInput:
+    """The input of a found source, its scene id claimed in ``taken`` (scene id -> input).
+
+    Raises:
+        MapError: a second input with a scene id already claimed (it would overwrite the
+            first's folder).
+    """
+    scene = SceneInput.of(src)
+    if scene.scene_id in taken:
+        raise MapError(
+            src.path, f"same scene id {scene.scene_id!r} as {taken[scene.scene_id]}: "
+            "rename one of them",
+        )  # fmt: skip
+    taken[scene.scene_id] = src.path
+    return scene
+
+
+@dataclass
+class SceneOutcome:
+    """What became of one input: written or kept (``folder``), ``busy`` (another process holds
+    its lock), or refused (``error``: the problem's class, file and text). Plain data, so a
+    worker process can hand it back to the one that reports (:mod:`kelpseg.infer.distributed`).
+    """
+
+    source: Path
+    folder: Path | None = None
+    kept: bool = False
+    busy: bool = False
+    error: tuple[type, str, str] | None = None
+
+    @classmethod
+    def failed(cls, source: Path, err: TileError) -> SceneOutcome:
+        return cls(source, error=(type(err), str(err.path), err.problem))
+
+    def problem(self) -> TileError | None:
+        """The refusal as the error it was raised as (a :class:`~kelpseg.io.errors.TileError`)."""
+        if self.error is None:
+            return None
+        kind, path, problem = self.error
         try:
-            scene = describe_input(source)
-            if scene.scene_id in taken:
-                raise MapError(
-                    source, f"same scene id {scene.scene_id!r} as {taken[scene.scene_id]}: "
-                    "rename one of them",
-                )  # fmt: skip
-            taken[scene.scene_id] = source
-            maps.mkdir(parents=True, exist_ok=True)
-            done = _map_one(ens, engine, scene, maps, settings, dems, overwrite, progress)
-        except TileError as err:
+            return kind(path, problem)
+        except TypeError:  # a subclass with another signature: the message is what counts
+            return MapError(path, problem)
+
+    def record(self, result: MapResult) -> None:
+        """Add it to the batch's result as the serial run does (and say so on stderr)."""
+        err = self.problem()
+        if err is not None:
             result.report.add(err)
-            continue
-        except (OSError, ValueError) as err:  # e.g. a scene folder that does not stack
-            msg = first_line(err)
-            result.report.add(MapError(source, msg.removeprefix(f"{source}: ")))
-            continue
-        if done is None:
-            result.busy.append(str(source))
+        elif self.busy:
+            result.busy.append(str(self.source))
             print(
-                f"[map] {source}: being mapped by another kelpseg process: skipped (rerun later "
-                "to pick it up)",
+                f"[map] {self.source}: being mapped by another kelpseg process: skipped (rerun "
+                "later to pick it up)",
                 file=sys.stderr,
             )
-            continue
-        kept, path = done
-        result.scenes[path.name] = path
-        result.reused += kept
-        result.report.ok += 1
-    if maps.is_dir():
-        rebuild_areas(maps)
-    return result
+        elif self.folder is not None:
+            result.scenes[self.folder.name] = self.folder
+            result.reused += self.kept
+            result.report.ok += 1
+
+
+def map_scene(
+    ens: Any,
+    engine: Any,
+    scene: SceneInput,
+    maps: Path,
+    settings: MapSettings,
+    dems: Dems,
+    overwrite: bool,
+    progress: bool,
+) -> SceneOutcome:
+    """Map one input into ``maps`` (DEM choice, lock, fingerprint, atomic outputs); a bad input
+    is an outcome naming the file, not an exception. Serial and distributed runs both call it.
+    """
+    source = scene.source
+    try:
+        maps.mkdir(parents=True, exist_ok=True)
+        done = _map_one(ens, engine, scene, maps, settings, dems, overwrite, progress)
+    except TileError as err:
+        return SceneOutcome.failed(source, err)
+    except (OSError, ValueError) as err:  # e.g. a scene folder that does not stack
+        msg = first_line(err)
+        return SceneOutcome.failed(source, MapError(source, msg.removeprefix(f"{source}: ")))
+    if done is None:
+        return SceneOutcome(source, busy=True)
+    kept, path = done
+    return SceneOutcome(source, folder=path, kept=kept)
 
 
 def _raster_dem(scene: SceneInput, dems: Dems) -> DemChoice:
@@ -647,7 +721,7 @@ def _raster_dem(scene: SceneInput, dems: Dems) -> DemChoice:
     if not has_dem:
         return DemChoice(WITHOUT_DEM)
     footprint = wkt.loads(tags["dem_footprint"]) if tags.get("dem_footprint") else None
-    files = [Path(f) for f in tags.get("dem", "").split(",") if f]
+    files = [Path(f) for f in tags.get("dem_files", "").split(",") if f]
     return DemChoice("band 7 of the input", [], files, footprint)
 
 
@@ -665,13 +739,13 @@ def _map_one(
     folder = maps / scene.scene_id
     source = scene.source
     if scene.is_folder:
-        from kelpseg.io.landsat import scene_grid
+        from kelpseg.io.sources import source_grid
 
-        crs, transform, shape = scene_grid(source)
-        dem = dems.choose(scene.scene_id, source, crs, transform, shape)
+        g = source_grid(scene.origin)
+        dem = dems.choose(scene.scene_id, source, g.crs, g.transform, (g.height, g.width))
     else:
         dem = _raster_dem(scene, dems)
-    fp = fingerprint(ens.model_hash, ens.settings(), settings, source, dem.files)
+    fp = fingerprint(ens.model_hash, ens.settings(), settings, list(scene.files), dem.files)
     if not overwrite and _done(folder, fp):
         return True, folder
     with scene_lock(folder) as mine:
@@ -710,10 +784,10 @@ def _map_locked(
     raster, stacked = scene.source, None
     try:
         if scene.is_folder:
-            from kelpseg.io.landsat import stack_scene
+            from kelpseg.io.sources import stack_source
 
             stacked = folder / f".{sid}_stack.tif.tmp"
-            stack_scene(scene.source, stacked, dem.source(folder))
+            stack_source(scene.origin, stacked, dem.source(folder))
             raster = stacked
         info = map_raster(
             engine,
@@ -739,6 +813,7 @@ def _map_locked(
     dem.coverage, dem.land_fraction = info["dem_coverage"], info["land_fraction"]
     record = {
         "scene_id": sid,
+        "footprint": info.pop("footprint"),
         "sensor": scene.sensor,
         "date": scene.date,
         "source": str(scene.source.resolve()),

@@ -17,7 +17,7 @@ import os
 import re
 import warnings
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import rasterio
+from affine import Affine
+from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
@@ -66,6 +68,9 @@ SENSOR_BANDS: dict[str, tuple[int, ...]] = {
 """``SR_B{n}`` numbers of SWIR1, NIR, Red, Green, Blue for each ``SPACECRAFT_ID``."""
 INT16_MAX = 32767
 """uint16 DN above this (reflectance > 0.70: bright cloud, snow) are clipped, as saturated."""
+SR_SCALE = 0.0000275
+SR_OFFSET = -0.2
+"""Collection 2 Level-2 surface reflectance = DN x ``SR_SCALE`` + ``SR_OFFSET``."""
 
 _SR = re.compile(r"^(?P<pid>.+)_SR_B(?P<band>\d+)\.TIF$", re.IGNORECASE)
 _QA = re.compile(r"^(?P<pid>.+)_QA_PIXEL\.TIF$", re.IGNORECASE)
@@ -136,20 +141,6 @@ def is_scene_dir(path: Path) -> bool:
         return _files(Path(path)) is not None
     except SceneError:
         return True  # a scene folder, if a broken one: stacking it says what is wrong
-
-
-def scene_grid(folder: Path) -> tuple[Any, Any, tuple[int, int]]:
-    """``(crs, transform, (height, width))`` of a scene folder's grid (its ``QA_PIXEL``).
-
-    Raises:
-        SceneError: no scene in the folder, or an unreadable ``QA_PIXEL``.
-    """
-    files = _files(Path(folder))
-    if files is None:
-        raise SceneError(folder, "a folder without a Landsat scene (*_SR_B*.TIF, QA_PIXEL)")
-    with ExitStack() as stack:
-        src = _open(stack, files.qa)
-        return src.crs, src.transform, (src.height, src.width)
 
 
 def _walk(node: object) -> Iterator[tuple[str, object]]:
@@ -264,8 +255,28 @@ def check_qa_bits(bits: Sequence[str]) -> tuple[str, ...]:
     return bits
 
 
-def _grid(src: rasterio.io.DatasetReader) -> tuple[object, ...]:
-    return (src.width, src.height, src.crs, src.transform)
+@dataclass(frozen=True)
+class Grid:
+    """The grid a stacked raster is written on: size, CRS (None where the input has none) and
+    transform."""
+
+    width: int
+    height: int
+    crs: CRS | None
+    transform: Affine
+
+    @classmethod
+    def of(cls, src: rasterio.io.DatasetReader) -> Grid:
+        """The grid of an open dataset."""
+        return cls(src.width, src.height, src.crs, src.transform)
+
+    def describe(self) -> str:
+        """``WxH CRS (a, b, c, d, e, f)``, for messages."""
+        return f"{self.width}x{self.height} {self.crs} {tuple(self.transform)[:6]}"
+
+
+def _grid(src: rasterio.io.DatasetReader) -> Grid:
+    return Grid.of(src)
 
 
 def windows(height: int, width: int, block: int) -> Iterator[Window]:
@@ -273,6 +284,36 @@ def windows(height: int, width: int, block: int) -> Iterator[Window]:
     for row in range(0, height, block):
         for col in range(0, width, block):
             yield Window(col, row, min(block, width - col), min(block, height - row))
+
+
+def check_block(block: int) -> int:
+    """The window side, validated.
+
+    Raises:
+        ValueError: a block under 16 px.
+    """
+    if block < 16:
+        raise ValueError(f"block must be at least 16 px, got {block}")
+    return int(block)
+
+
+def to_landsat_dn(rho: np.ndarray) -> np.ndarray:
+    """Surface reflectance -> Landsat Collection 2 Level-2 digital numbers as int16.
+
+    ``DN = (rho + 0.2) / 0.0000275``, rounded, clipped to 1..32767 as the Landsat stacker
+    clips (above 32767: reflectance > 0.70; 0 is Landsat's fill, so no valid pixel gets it).
+    """
+    dn = np.rint((np.asarray(rho, np.float64) - SR_OFFSET) / SR_SCALE)
+    return np.clip(dn, 1, INT16_MAX).astype(np.int16)
+
+
+def open_raster_file(stack: ExitStack, path: Path) -> rasterio.io.DatasetReader:
+    """``rasterio.open`` inside ``stack``, quiet about missing georeference.
+
+    Raises:
+        SceneError: naming the file when it is not a readable raster.
+    """
+    return _open(stack, path)
 
 
 def _open(stack: ExitStack, path: Path) -> rasterio.io.DatasetReader:
@@ -285,17 +326,17 @@ def _open(stack: ExitStack, path: Path) -> rasterio.io.DatasetReader:
         raise SceneError(path, f"not a readable raster: {msg}") from err
 
 
-def _dem_vrt(stack: ExitStack, dem: Path, ref: rasterio.io.DatasetReader) -> WarpedVRT:
+def _dem_vrt(stack: ExitStack, dem: Path, grid: Grid) -> WarpedVRT:
     src = _open(stack, dem)
     if src.crs is None:
         raise SceneError(dem, "the DEM has no CRS: it cannot be placed on the scene")
     return stack.enter_context(
         WarpedVRT(
             src,
-            crs=ref.crs,
-            transform=ref.transform,
-            width=ref.width,
-            height=ref.height,
+            crs=grid.crs,
+            transform=grid.transform,
+            width=grid.width,
+            height=grid.height,
             resampling=Resampling.bilinear,
             src_nodata=src.nodata,
             nodata=np.nan,
@@ -307,7 +348,7 @@ def _dem_vrt(stack: ExitStack, dem: Path, ref: rasterio.io.DatasetReader) -> War
     )
 
 
-def _read(src: Any, win: Window, what: str | None = None) -> np.ndarray:
+def read_window(src: Any, win: Window, what: str | None = None) -> np.ndarray:
     """Band 1 of ``src`` in ``win``; a read error names the file (GDAL says "Read failed")."""
     try:
         return src.read(1, window=win)
@@ -318,31 +359,203 @@ def _read(src: Any, win: Window, what: str | None = None) -> np.ndarray:
                          "corrupted?") from err  # fmt: skip
 
 
-def _stack_window(
-    srcs: Sequence[rasterio.io.DatasetReader],
-    qa_src: rasterio.io.DatasetReader,
-    vrt: WarpedVRT | None,
-    win: Window,
-    qa_bits: Sequence[str],
-) -> np.ndarray:
+BlockReader = Callable[[Window], tuple[np.ndarray, np.ndarray, np.ndarray]]
+"""One window of a source: ``(reflectance, qa, fill)``: int16 ``(5, h, w)`` Landsat-like DN of
+SWIR1, NIR, Red, Green, Blue, bool ``(h, w)`` QA (True = cloud/bad), bool ``(h, w)`` fill."""
+
+
+def write_stack(
+    out: Path,
+    grid: Grid,
+    read_block: BlockReader,
+    *,
+    stack: ExitStack,
+    tags: Mapping[str, str],
+    dem: Path | None = None,
+    block: int = 1024,
+    progress: bool = False,
+    desc: str = "stack",
+    source: Path | None = None,
+) -> None:
+    """Write the model's 7-band int16 input window by window, atomically: what every sensor's
+    stacker shares.
+
+    ``read_block`` gives each window's reflectance, QA and fill; the DEM is reprojected onto
+    ``grid`` (bilinear, GDAL's warper) and ``-32768`` written in all seven bands where the
+    window is fill (and in the DEM where it has no data). The file declares nodata -32768,
+    names its bands, carries ``tags`` (plus ``dem``) and keeps the grid's CRS and transform.
+    Sources must be opened in ``stack`` (so they close after the write, whatever happens).
+
+    Raises:
+        SceneError: naming ``source`` (or ``out``) when GDAL fails while reading or writing.
+    """
+    block = check_block(block)
+    vrt = _dem_vrt(stack, Path(dem), grid) if dem is not None else None
+    profile = {
+        "driver": "GTiff",
+        "width": grid.width,
+        "height": grid.height,
+        "count": len(BAND_NAMES),
+        "dtype": "int16",
+        "nodata": NODATA,
+        "compress": "deflate",
+        "predictor": 2,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "BIGTIFF": "IF_SAFER",
+        "transform": grid.transform,
+    }
+    if grid.crs is not None:
+        profile["crs"] = grid.crs
+    all_tags = {**tags, "dem": str(dem) if dem is not None else ""}
+    wins = list(windows(grid.height, grid.width, block))
+    try:
+        with atomic_output(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
+            for i, name in enumerate(BAND_NAMES, start=1):
+                dst.set_band_description(i, name)
+            dst.update_tags(**all_tags)
+            for win in tqdm(wins, desc=desc, disable=not progress):
+                dst.write(_assemble(read_block, vrt, win), window=win)
+    except RasterioError as err:
+        msg = first_line(err)
+        raise SceneError(source or out, f"reading the scene failed: {msg}") from err
+
+
+def _assemble(read_block: BlockReader, vrt: WarpedVRT | None, win: Window) -> np.ndarray:
     """The 7-band int16 block of one window."""
     h, w = int(win.height), int(win.width)
+    refl, qa, fill = read_block(win)
     out = np.empty((len(BAND_NAMES), h, w), np.int16)
-    qa = _read(qa_src, win)
-    fill = (qa & 1) != 0
-    for i, src in enumerate(srcs):
-        dn = _read(src, win)
-        fill |= dn == 0
-        out[i] = np.minimum(dn, INT16_MAX)
-    out[5] = qa_mask(qa, qa_bits)
+    out[:5] = refl
+    out[5] = qa
     if vrt is None:
         out[6] = NODATA
     else:
-        z = _read(vrt, win, "the DEM")
+        z = read_window(vrt, win, "the DEM")
         ok = np.isfinite(z)
         out[6] = np.where(ok, np.clip(np.rint(np.where(ok, z, 0)), -INT16_MAX, INT16_MAX), NODATA)
     out[:, fill] = NODATA
     return out
+
+
+@dataclass(frozen=True)
+class LandsatFiles:
+    """The files a Landsat Collection 2 Level-2 stack reads.
+
+    Attributes:
+        bands: uint16 ``SR_B*`` files of SWIR1, NIR, Red, Green, Blue (0 = fill).
+        qa: The ``QA_PIXEL`` file.
+        labels: What each band is (e.g. ``SR_B6``), for the ``bands`` tag.
+    """
+
+    bands: tuple[Path, ...]
+    qa: Path
+    labels: tuple[str, ...]
+
+
+def read_scene(folder: Path) -> tuple[SceneMeta, LandsatFiles]:
+    """A scene folder's metadata and the files its stack reads, checked to be there.
+
+    Raises:
+        SceneError: naming the folder or file and the problem (no scene files, MTL, unknown
+            sensor, bad date, a band of the sensor missing).
+    """
+    folder = Path(folder)
+    meta = read_scene_meta(folder)
+    files = _files(folder)
+    assert files is not None
+    wanted = SENSOR_BANDS[meta.sensor]
+    for b in wanted:
+        if b not in files.bands:
+            raise SceneError(
+                folder,
+                f"band {files.product_id}_SR_B{b}.TIF missing ({meta.sensor} needs "
+                f"{', '.join(f'B{n}' for n in wanted)})",
+            )
+    return meta, LandsatFiles(
+        bands=tuple(files.bands[b] for b in wanted),
+        qa=files.qa,
+        labels=tuple(f"SR_B{b}" for b in wanted),
+    )
+
+
+def stack_landsat_files(
+    files: LandsatFiles,
+    meta: SceneMeta,
+    out: Path,
+    dem: Path | None = None,
+    *,
+    qa_bits: Sequence[str] = QA_DEFAULT_BITS,
+    block: int = 1024,
+    progress: bool = False,
+    cache_mb: int = 64,
+    source: Path | None = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> SceneMeta:
+    """:func:`stack_scene` from explicit files (a scene folder's, or a STAC item's assets).
+
+    ``source`` is what errors and the ``source`` tag name (default ``meta.folder``);
+    ``extra_tags`` are added to the file's tags.
+
+    Raises:
+        SceneError: naming the file and the problem.
+        ValueError: unknown ``qa_bits`` or a block under 16.
+    """
+    out = Path(out)
+    source = Path(source) if source is not None else meta.folder
+    qa_bits = check_qa_bits(qa_bits)
+    check_block(block)
+    with ExitStack() as stack:
+        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20))
+        qa_src = _open(stack, files.qa)
+        srcs = [_open(stack, p) for p in files.bands]
+        for src in (qa_src, *srcs):
+            if src.count != 1 or src.dtypes[0] != "uint16":
+                raise SceneError(
+                    src.name, f"expected one uint16 band, found {src.count} x {src.dtypes[0]}"
+                )
+        grid = _grid(qa_src)
+        for src in srcs:
+            if _grid(src) != grid:
+                raise SceneError(
+                    src.name,
+                    f"grid {_grid(src).describe()} differs from {Path(files.qa).name}'s "
+                    f"{grid.describe()}",
+                )
+
+        def read_block(win: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            qa = read_window(qa_src, win)
+            fill = (qa & 1) != 0
+            refl = np.empty((len(srcs), int(win.height), int(win.width)), np.int16)
+            for i, src in enumerate(srcs):
+                dn = read_window(src, win)
+                fill |= dn == 0
+                refl[i] = np.minimum(dn, INT16_MAX)
+            return refl, qa_mask(qa, qa_bits), fill
+
+        tags = {
+            "scene_id": meta.scene_id,
+            "sensor": meta.sensor,
+            "date": meta.date.isoformat(),
+            "qa_bits": ",".join(qa_bits),
+            "source": str(source),
+            "bands": ",".join(files.labels) + ",QA_PIXEL,DEM",
+            **(extra_tags or {}),
+        }
+        write_stack(
+            out,
+            grid,
+            read_block,
+            stack=stack,
+            tags=tags,
+            dem=dem,
+            block=block,
+            progress=progress,
+            desc=f"stack {meta.scene_id}",
+            source=source,
+        )
+    return meta
 
 
 def stack_scene(
@@ -366,7 +579,7 @@ def stack_scene(
     (``QA_PIXEL`` bit 0 or a 0 in any band used), and in the DEM where it has no data. The
     output keeps the scene's CRS and transform, declares nodata -32768, names its bands and
     carries the tags ``scene_id``, ``sensor``, ``date``; it is written window by window into a
-    temporary file renamed at the end.
+    temporary file renamed at the end (:func:`write_stack`, shared by every sensor's stacker).
 
     Args:
         folder: The scene folder.
@@ -387,75 +600,18 @@ def stack_scene(
         SceneError: naming the file and the problem.
         ValueError: unknown ``qa_bits`` or a block under 16.
     """
-    folder, out = Path(folder), Path(out)
-    qa_bits = check_qa_bits(qa_bits)
-    if block < 16:
-        raise ValueError(f"block must be at least 16 px, got {block}")
-    meta = read_scene_meta(folder)
-    files = _files(folder)
-    assert files is not None
-    wanted = SENSOR_BANDS[meta.sensor]
-    for b in wanted:
-        if b not in files.bands:
-            raise SceneError(
-                folder,
-                f"band {files.product_id}_SR_B{b}.TIF missing ({meta.sensor} needs "
-                f"{', '.join(f'B{n}' for n in wanted)})",
-            )
-    with ExitStack() as stack:
-        stack.enter_context(rasterio.Env(GDAL_CACHEMAX=cache_mb * 2**20))
-        qa_src = _open(stack, files.qa)
-        srcs = [_open(stack, files.bands[b]) for b in wanted]
-        for src in (qa_src, *srcs):
-            if src.count != 1 or src.dtypes[0] != "uint16":
-                raise SceneError(
-                    src.name, f"expected one uint16 band, found {src.count} x {src.dtypes[0]}"
-                )
-        for src in srcs:
-            if _grid(src) != _grid(qa_src):
-                raise SceneError(
-                    src.name,
-                    f"grid {src.width}x{src.height} {src.crs} {tuple(src.transform)[:6]} differs "
-                    f"from {Path(files.qa).name}'s {qa_src.width}x{qa_src.height} {qa_src.crs} "
-                    f"{tuple(qa_src.transform)[:6]}",
-                )
-        vrt = _dem_vrt(stack, Path(dem), qa_src) if dem is not None else None
-        profile = {
-            "driver": "GTiff",
-            "width": qa_src.width,
-            "height": qa_src.height,
-            "count": len(BAND_NAMES),
-            "dtype": "int16",
-            "nodata": NODATA,
-            "compress": "deflate",
-            "predictor": 2,
-            "tiled": True,
-            "blockxsize": 256,
-            "blockysize": 256,
-            "BIGTIFF": "IF_SAFER",
-        }
-        if qa_src.crs is not None:
-            profile["crs"] = qa_src.crs
-        profile["transform"] = qa_src.transform
-        tags = {
-            "scene_id": meta.scene_id,
-            "sensor": meta.sensor,
-            "date": meta.date.isoformat(),
-            "qa_bits": ",".join(qa_bits),
-            "source": str(folder),
-            "dem": str(dem) if dem is not None else "",
-            "bands": ",".join(f"SR_B{b}" for b in wanted) + ",QA_PIXEL,DEM",
-            **(tags or {}),
-        }
-        wins = list(windows(qa_src.height, qa_src.width, block))
-        try:
-            with atomic_output(out) as tmp, rasterio.open(tmp, "w", **profile) as dst:
-                for i, name in enumerate(BAND_NAMES, start=1):
-                    dst.set_band_description(i, name)
-                dst.update_tags(**tags)
-                for win in tqdm(wins, desc=f"stack {meta.scene_id}", disable=not progress):
-                    dst.write(_stack_window(srcs, qa_src, vrt, win, qa_bits), window=win)
-        except RasterioError as err:
-            msg = first_line(err)
-            raise SceneError(folder, f"reading the scene failed: {msg}") from err
-    return meta
+    check_qa_bits(qa_bits)
+    check_block(block)
+    meta, files = read_scene(Path(folder))
+    return stack_landsat_files(
+        files,
+        meta,
+        out,
+        dem,
+        qa_bits=qa_bits,
+        block=block,
+        progress=progress,
+        cache_mb=cache_mb,
+        source=Path(folder),
+        extra_tags=tags,
+    )
