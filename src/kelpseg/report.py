@@ -32,6 +32,7 @@ def print_metrics(metrics: dict, out: Path) -> None:
         "thr.",
         "val Dice",
         "OOF Dice",
+        "held-out",
         "test Dice",
         "prec.",
         "recall",
@@ -51,24 +52,29 @@ def print_metrics(metrics: dict, out: Path) -> None:
     oof = metrics.get("oof_threshold", {})
     folds = metrics.get("folds", {}).values()
     best_val = max((v["val_dice"] for v in folds), default=metrics.get("val_dice"))
+    choice = metrics.get("choice") or {}
+    chosen = choice.get("predictions", "ensemble" if members > 1 else "single")
+    held = (metrics.get("holdout") or {}) if members > 1 else {}
     rows = [("single", "net: best fold", best_val, oof.get("dice"))]
     if members > 1:
         name = f"net: {members} folds, {ens.get('weights_from', 'equal')}"
         rows.append(("ensemble", name, metrics.get("val_dice"), None))
     for key, label, val, oof_dice in rows:
         t = test.get(key, {})
+        mark = "* " if members > 1 and key == chosen else ""
         table.add_row(
-            label,
+            mark + label,
             "—" if thr.get(key) is None else f"{thr[key]:.2f}",
             f(val),
             f(oof_dice),
+            f((held.get(key) or {}).get("dice")),
             f(t.get("dice")),
             f(t.get("precision")),
             f(t.get("recall")),
         )
     rule = metrics.get("ndvi_rule", {})
     label = f"NDVI >= {rule.get('threshold', float('nan')):.2f}"
-    table.add_row(label, "—", "—", "—", f(rule.get("test_dice")), "—", "—")
+    table.add_row(label, "—", "—", "—", "—", f(rule.get("test_dice")), "—", "—")
     console.print(table)
     secs = metrics.get("seconds", {})
     console.print(
@@ -82,11 +88,17 @@ def print_metrics(metrics: dict, out: Path) -> None:
     if members > 1:
         console.print(
             "val Dice: the best fold's / the mean over folds; OOF Dice: out of fold at the "
-            "tuned threshold (none exists for an ensemble of the folds)"
+            "pooled out-of-fold threshold (none exists for an ensemble of the folds); "
+            "held-out: on the held-out fold (train.holdout_fold) that no model trained on, "
+            "each at its threshold tuned there"
         )
+        if choice.get("reason"):
+            console.print(f"* predictions (the one to submit): {chosen}; {choice['reason']}")
     line(f"outputs:  predictions  {out / 'predictions'}")
-    if "single" in metrics.get("predictions", {}):
-        line(f"          best fold    {metrics['predictions']['single']}")
+    preds = metrics.get("predictions", {})
+    for key, label in (("single", "best fold   "), ("ensemble", "ensemble    ")):
+        if key in preds and Path(preds[key]).name != "predictions":
+            line(f"          {label} {preds[key]}")
     line(f"          metrics      {out / 'metrics.json'}")
     line(f"          checkpoint   {metrics['predicted_with']}")
     line(
