@@ -289,8 +289,8 @@ def main() -> None:
                 ens = curves[f"ensemble {wname}"]
                 for tn in ("OOF (rate-matched)", "held-out"):
                     t_e = thresholds[f"ensemble {wname}"].get(tn)
-                    t_s = thresholds[f"fold {folds[best]}"]["OOF" if tn != "held-out" else tn]
-                    if t_e is not None:
+                    t_s = thresholds[f"fold {folds[best]}"].get("OOF" if tn != "held-out" else tn)
+                    if t_e is not None and t_s is not None:
                         boot[f"{wname} @{tn}"] = bootstrap(ev, ens, t_e, single, t_s, args.boot)
         report["sets"][ev.name] = {
             "tiles": len(ev.aoi),
