@@ -298,3 +298,48 @@ def test_members_that_held_out_different_folds_are_refused(tmp_path: Path) -> No
     write_holdout(tmp_path / "fold2", None, 0)
     with pytest.raises(RunFolderError, match="held out different folds"):
         held_out_fold(tmp_path, [0, 1, 2])
+
+
+def test_a_run_that_chose_its_best_fold_is_predicted_by_it(
+    held_run, synth_data, tmp_path: Path
+) -> None:
+    """`--run OUT` follows what `run` submitted: the best fold alone at its threshold when it
+    chose it (predict.choose or the held-out fold), every fold with --all-folds."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from kelpseg.cli import app
+    from kelpseg.infer.assemble import assemble
+    from kelpseg.io import discover
+
+    out, metrics, _ = held_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("cache", "predictions*", "ml*"))
+    best = Path(metrics["predicted_with"])
+    chose = {
+        **metrics,
+        "choice": {"predictions": "single", "by": "predict.choose", "reason": "asked"},
+        "predicted_with": str(run / best.parent.name / best.name),
+    }
+    (run / "metrics.json").write_text(json.dumps(chose))
+    single = assemble(run=run)
+    assert [c.resolve() for c in single.checkpoints] == [Path(chose["predicted_with"]).resolve()]
+    assert single.threshold == metrics["threshold"]["single"]
+    assert any("chose the best fold alone (asked)" in n for n in single.notes)
+    every = assemble(run=run, all_folds=True)
+    assert len(every.checkpoints) == len(metrics["folds"]) == 2
+    assert every.threshold == metrics["threshold"]["ensemble"]
+
+    tile = next(r.image for r in discover(synth_data.root) if r.split == "test")
+    res = CliRunner().invoke(app, ["predict", "--run", str(run), str(tile), "-o", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "chose the best fold alone" in res.output
+    with rasterio.open(next(tmp_path.glob("*_kelp.tif"))) as src:
+        assert float(src.tags()["threshold"]) == metrics["threshold"]["single"]
+
+    (run / "metrics.json").write_text("{not json")
+    from kelpseg.infer.errors import RunFolderError
+
+    with pytest.raises(RunFolderError, match="metrics.json: not the metrics"):
+        assemble(run=run)

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kelpseg.cli.common import (
+    AllFoldsOpt,
     ModelsOpt,
     PrecisionOpt,
     PredictConfigOpt,
@@ -49,6 +50,7 @@ def predict(
     ] = Path("predictions"),
     model: ModelsOpt = None,
     run: RunOpt = None,
+    all_folds: AllFoldsOpt = False,
     weights: WeightsOpt = None,
     vote: VoteOpt = None,
     threshold: ThresholdOpt = None,
@@ -123,6 +125,7 @@ def predict(
         flags=flags,
         threshold=threshold,
         batch_size=batch_size,
+        all_folds=all_folds,
     )
     for note in ens.notes:
         typer.secho(f"note: {note}", err=True)

@@ -17,6 +17,7 @@ import numpy as np
 from kelpseg.infer.errors import RunFolderError
 
 THRESHOLD_FILE = "threshold.json"
+METRICS_FILE = "metrics.json"
 HOLDOUT_FILE = "holdout.json"
 """In each fold folder: the fold of the split its model did not train on (``kelpseg run``
 with ``train.holdout_fold``; ``{"fold": null}`` without one)."""
@@ -47,6 +48,42 @@ def write_holdout(fold_dir: Path, fold: int | None, tiles: int) -> None:
     from kelpseg.io.raster import atomic_write_text
 
     atomic_write_text(Path(fold_dir) / HOLDOUT_FILE, json.dumps({"fold": fold, "tiles": tiles}))
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """What ``kelpseg run`` submitted when it chose the best fold alone over the ensemble."""
+
+    checkpoint: Path
+    threshold: float
+    reason: str
+
+
+def run_choice(run: Path) -> RunChoice | None:
+    """The best fold alone when ``kelpseg run`` chose it for ``OUT/predictions``
+    (``metrics.json`` → ``choice``, see :func:`kelpseg.pipeline.choose_predictions`); None
+    when it chose the ensemble, or the folder holds no finished ``run``.
+
+    Raises:
+        RunFolderError: an unreadable ``metrics.json``, or a chosen checkpoint that is gone.
+    """
+    path = Path(run) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        choice = metrics.get("choice") or {}
+        if choice.get("predictions") != "single":
+            return None
+        ck = Path(metrics["predicted_with"])
+        threshold = float(metrics["threshold"]["single"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RunFolderError(f"{path}: not the metrics of `kelpseg run` ({err})") from err
+    if not ck.is_file():  # a moved run folder: the checkpoint beside its fold folder
+        ck = Path(run) / ck.parent.name / ck.name
+    if not ck.is_file():
+        raise RunFolderError(f"{path}: the chosen checkpoint {ck} is gone")
+    return RunChoice(ck, threshold, str(choice.get("reason", "")))
 
 
 def held_out_fold(run: Path, folds: list[int]) -> int | None:
