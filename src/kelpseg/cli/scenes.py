@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from kelpseg.cli.common import (
+    AllFoldsOpt,
     ModelsOpt,
     PrecisionOpt,
     PredictConfigOpt,
@@ -129,6 +130,7 @@ def map_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="MAPS folder.")] = Path("maps"),
     model: ModelsOpt = None,
     run: RunOpt = None,
+    all_folds: AllFoldsOpt = False,
     dem: DemOpt = None,
     no_dem: NoDemOpt = False,
     weights: WeightsOpt = None,
@@ -238,6 +240,7 @@ def map_cmd(
         "flags": {"weights": weights, "vote": vote, "precision": precision, "tta": tta},
         "threshold": threshold,
         "batch_size": batch_size,
+        "all_folds": all_folds,
     }
     # with --ray the workers load the models; the driver's copy (on the CPU) checks the flags
     ens = assemble(**assembly, **({"device": "cpu"} if on_ray else {}))

@@ -523,9 +523,9 @@ def map_run(
     progress: bool = True,
     **assembly: Any,
 ) -> MapResult:
-    """Map ``inputs`` with every trained fold of ``run`` (the predict settings of the first
-    fold's config, the run's tuned threshold for them); ``assembly`` goes to
-    :func:`kelpseg.infer.assemble.assemble`."""
+    """Map ``inputs`` with the trained folds of ``run`` (every fold, or the best fold alone
+    when ``kelpseg run`` chose it; the predict settings of the first fold's config, the run's
+    tuned threshold for them); ``assembly`` goes to :func:`kelpseg.infer.assemble.assemble`."""
     from kelpseg.infer.assemble import assemble
 
     ens = assemble(run=run, **assembly)
