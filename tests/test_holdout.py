@@ -341,5 +341,5 @@ def test_a_run_that_chose_its_best_fold_is_predicted_by_it(
     (run / "metrics.json").write_text("{not json")
     from kelpseg.infer.errors import RunFolderError
 
-    with pytest.raises(RunFolderError, match="metrics.json: not the metrics"):
+    with pytest.raises(RunFolderError, match=r"metrics\.json: not the metrics"):
         assemble(run=run)
