@@ -35,7 +35,9 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     # needs kelpseg.geo (issue 9, areas) for `kelpseg map`
     "map_memory.py": ([], ["--sizes", "400", "--whole-max", "400"]),
     "seams.py": ([], ["--grid", "2"]),
-    "map_speed.py": ([], ["--size", "400", "--configs", "tiny"]),
+    "map_speed.py": ([], ["--size", "400", "--configs", "tiny", "--rounds", "1"]),
+    "coast_scene.py": ([], ["--size", "800", "--config", "tiny", "--run", "torch fp32"]),
+    "reach.py": ([], ["--sizes", "512", "--seeds", "0"]),
     "sahi.py": ([], ["--max-tiles", "4"]),  # needs a trained run: demo_out/run of `make demo`
     "tta.py": ([], ["--max-tiles", "2"]),  # needs a trained run: demo_out/run of `make demo`
     "ensemble_threshold.py": ([], ["--max-tiles", "3"]),  # needs demo_out of `make demo`

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from kelpseg.cli import app
 from kelpseg.config import load_config
-from kelpseg.infer.onnx_export import OnnxModel, predict_tiles_onnx
+from kelpseg.infer.onnx_export import OnnxModel, cached_export, predict_tiles_onnx
 from kelpseg.infer.predict import load_model, predict_tiles
 from kelpseg.io import Georef, write_raster
 from kelpseg.train.module import KelpSegModule
@@ -141,3 +141,43 @@ def test_export_bad_checkpoint_and_wrong_tile_size(tmp_path: Path) -> None:
     out = predict_tiles_onnx(tmp_path / "m.onnx", [*items[:2], ("big", big)], tmp_path / "o")
     assert set(out.masks) == {"T0", "T1"}
     assert any("big_satellite.tif" in str(e) and "64x64" in str(e) for e in out.report.errors)
+
+
+def test_map_backend_onnx_matches_torch_and_reuses_its_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kelpseg map --backend onnx`: the checkpoint is exported once into the cache (keyed by
+    its bytes and the window), and the maps agree with torch's (1e-4, masks identical)."""
+    from tests.test_sliced import _raster
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("KELPSEG_ONNX_CACHE", str(cache))
+    raw = _raster(150, 170, seed=5)
+    raster = write_raster(tmp_path / "in" / "S.tif", raw, georef=GEOREF)
+    ckpt = _checkpoint(tmp_path, ["predict.threshold=0.45"], raw[None, :, :64, :64])
+    out = {}
+    for backend in ("torch", "onnx"):
+        maps = tmp_path / f"maps_{backend}"
+        res = runner.invoke(
+            app, ["map", "-m", str(ckpt), str(raster), "-o", str(maps), "--backend", backend],
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        with (
+            rasterio.open(maps / "S" / "S_kelp.tif") as k,
+            rasterio.open(maps / "S" / "S_proba.tif") as p,
+        ):
+            out[backend] = k.read(1), p.read(1)
+    (export,) = cache.iterdir()
+    assert export.name.startswith("model-") and "-w64-" in export.name
+    stamp = export.stat().st_mtime_ns
+    assert cached_export(ckpt, 64) == export and export.stat().st_mtime_ns == stamp  # reused
+    (k_t, p_t), (k_o, p_o) = out["torch"], out["onnx"]
+    assert np.array_equal(k_t, k_o)
+    ok = ~np.isnan(p_t)
+    assert np.array_equal(ok, ~np.isnan(p_o)) and np.abs(p_t[ok] - p_o[ok]).max() < 1e-4
+
+    res = runner.invoke(
+        app, ["map", "-m", str(ckpt), str(raster), "-o", str(tmp_path / "m"), "--backend",
+              "onnx", "--precision", "bf16"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and "fp32 only" in res.output

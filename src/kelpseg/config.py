@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Section(BaseModel):
@@ -156,6 +163,14 @@ class TrainConfig(_Section):
     """Optimisation, sampling and the Lightning trainer."""
 
     folds: list[int] | Literal["all"] = Field(default_factory=lambda: [0])
+    holdout_fold: int | None = Field(
+        None,
+        ge=0,
+        description="A fold of the split that no model trains on (each trains on the other "
+        "folds but its own validation fold): `kelpseg run` scores the best fold and the "
+        "ensemble on it, tunes the ensemble's threshold there and submits the better one "
+        "(predict.choose). null = none (every fold trains; all = every fold but this one).",
+    )
     max_epochs: int = Field(10, ge=1)
     batch_size: int = Field(32, ge=1)
     samples_per_epoch: int | None = Field(10240, ge=1)
@@ -264,6 +279,13 @@ class PredictConfig(_Section):
         description="kelpseg run: tune the threshold out of fold (threshold.json) and predict "
         "with it; false = predict.threshold.",
     )
+    choose: Literal["auto", "ensemble", "single"] = Field(
+        "auto",
+        description="kelpseg run: which of the ensemble of the folds and the best fold alone "
+        "predicts OUT/predictions (the one to submit; the other goes to "
+        "OUT/predictions_{single,ensemble}). auto = the higher Dice on the held-out fold "
+        "(train.holdout_fold; a tie: the single model), else the ensemble.",
+    )
 
     def batch_for(self, device_type: str) -> int:
         """The batch size for a torch device type (``cpu``, ``cuda``, ...)."""
@@ -362,6 +384,34 @@ class Config(_Section):
     postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     xgb: XgbConfig = Field(default_factory=XgbConfig)
+
+    @model_validator(mode="after")
+    def _holdout(self) -> Config:
+        check_holdout(self)
+        return self
+
+
+def check_holdout(cfg: Config) -> None:
+    """``train.holdout_fold`` must be a fold of the split, not one of ``train.folds``, and
+    leave every trained fold some training tiles.
+
+    Raises:
+        ValueError: naming the keys otherwise.
+    """
+    h, k = cfg.train.holdout_fold, cfg.split.folds
+    if h is None:
+        return
+    if h >= k:
+        raise ValueError(f"train.holdout_fold {h} is not a fold of split.folds={k} (0..{k - 1})")
+    if k < 3:
+        raise ValueError(
+            f"train.holdout_fold needs split.folds >= 3 (a held-out fold, a validation fold "
+            f"and one to train on), got {k}"
+        )
+    if cfg.train.folds != "all" and h in cfg.train.folds:
+        raise ValueError(
+            f"train.folds {cfg.train.folds} includes the held-out fold {h} (train.holdout_fold)"
+        )
 
 
 class ConfigError(ValueError):

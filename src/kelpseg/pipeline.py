@@ -226,13 +226,24 @@ def prepare(
 
 
 def fold_list(cfg: Config) -> list[int]:
-    """The folds the config asks to train."""
+    """The folds the config asks to train (``all``: every fold but ``train.holdout_fold``)."""
+    from kelpseg.config import check_holdout
+
     folds = cfg.train.folds
-    chosen = list(range(cfg.split.folds)) if folds == "all" else folds
+    held = cfg.train.holdout_fold
+    chosen = [f for f in range(cfg.split.folds) if f != held] if folds == "all" else folds
     bad = [f for f in chosen if not 0 <= f < cfg.split.folds]
     if bad:
         raise ValueError(f"train.folds {bad} outside 0..{cfg.split.folds - 1}")
+    check_holdout(cfg)  # again: split.folds may have changed since the config was validated
     return chosen
+
+
+def training_tiles(train: pd.DataFrame, cfg: Config) -> pd.DataFrame:
+    """The rows the folds train and validate on: all but the held-out fold's
+    (``train.holdout_fold``), which no model sees."""
+    held = cfg.train.holdout_fold
+    return train if held is None else train[train["fold"] != held].reset_index(drop=True)
 
 
 def cache_shape(train: pd.DataFrame, size: int | None) -> int | tuple[int, int]:
@@ -263,17 +274,25 @@ def run_training(
 ) -> list:
     """Pack the training tiles and train the configured folds.
 
-    Every valid training tile is packed (validation uses the ``data.exclude``d ones too);
-    training skips the rows whose ``excluded`` is True. ``seconds`` receives each fold's
-    training time (also printed).
+    Every valid training tile is packed (validation uses the ``data.exclude``d ones too, the
+    hold-out's prediction the held-out fold); training skips the rows whose ``excluded`` is
+    True and the held-out fold (``train.holdout_fold``), which each fold records in
+    ``fold{k}/holdout.json`` (:func:`kelpseg.infer.run_folder.held_out_fold` reads it back).
+    ``seconds`` receives each fold's training time (also printed).
     """
+    from kelpseg.infer.run_folder import write_holdout
     from kelpseg.train.fit import train_fold
 
     packed = pack_training(prep, cfg, out)
+    tiles = training_tiles(prep.train, cfg)
+    held = cfg.train.holdout_fold
+    n_held = len(prep.train) - len(tiles)
     results = []
     for k in fold_list(cfg):
         t0 = time.perf_counter()
-        results.append(train_fold(cfg, prep.train, packed, k, out))
+        result = train_fold(cfg, tiles, packed, k, out)
+        write_holdout(out / f"fold{k}", held, n_held)
+        results.append(result)
         took = round(time.perf_counter() - t0, 1)
         print(f"[train] fold {k}: {took} s", file=sys.stderr)
         if seconds is not None:
@@ -355,14 +374,73 @@ def _predict_test(
     return len(pred.masks)
 
 
+NO_HOLDOUT = (
+    "no held-out fold (train.holdout_fold): every validation tile trained the other folds' "
+    "models, so no honest out-of-fold comparison of the ensemble with the best fold exists"
+)
+
+
+def choose_predictions(cfg: Config, several: bool, oof: dict | None) -> dict:
+    """Which of the ensemble and the best fold predicts ``OUT/predictions`` (the one to
+    submit), and why: ``predict.choose``, or for ``auto`` the higher Dice on the held-out
+    fold (a tie: the single model, one network instead of several), else the ensemble.
+
+    Returns:
+        ``{"predictions": "single" | "ensemble", "by": ..., "reason": ...}`` and, when the
+        held-out fold was scored, ``holdout_dice`` of both.
+    """
+    hold = (oof or {}).get("holdout") or {}
+    dice = None
+    if several and "ensemble" in hold:
+        dice = {"single": hold["single"]["dice"], "ensemble": hold["ensemble"]["dice"]}
+    how = cfg.predict.choose
+    if not several:
+        return {
+            "predictions": "ensemble",
+            "by": "one fold",
+            "reason": "one trained fold: the best fold and the ensemble are the same model",
+        }
+    if how != "auto":
+        got = {"predictions": how, "by": "predict.choose", "reason": f"predict.choose: {how}"}
+    elif dice is not None:
+        pick = hold["better"]
+        other = "single" if pick == "ensemble" else "ensemble"
+        got = {
+            "predictions": pick,
+            "by": f"held-out fold {hold['fold']}",
+            "reason": f"held-out fold {hold['fold']} ({hold['tiles']} tiles no model trained "
+            f"on): {pick} Dice {dice[pick]:.4f} vs {other} {dice[other]:.4f}"
+            + (" (a tie: the single model)" if dice[pick] == dice[other] else ""),
+        }
+    elif cfg.train.holdout_fold is not None:
+        got = {
+            "predictions": "ensemble",
+            "by": "default",
+            "reason": "predict.tune_threshold is off, so the held-out fold was not scored: "
+            "the ensemble by default",
+        }
+    else:
+        got = {
+            "predictions": "ensemble",
+            "by": "default",
+            "reason": NO_HOLDOUT + ": the ensemble by default",
+        }
+    if dice is not None:
+        got["holdout_dice"] = dice
+    return got
+
+
 def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) -> dict:
     """The whole job; returns (and writes to ``out/metrics.json``) the metrics.
 
     After training, the threshold is tuned out of fold (``threshold.json``; unless
     ``predict.tune_threshold`` is off) and the test tiles are predicted twice: by the best
-    fold's model into ``out/predictions_single`` and by the ensemble of all trained folds
-    (``predict.weights``) into ``out/predictions``; one trained fold is its own ensemble and is
-    predicted once (``out/predictions``). With ``truth`` both are scored side by side.
+    fold's model and by the ensemble of all trained folds (``predict.weights``). The one
+    :func:`choose_predictions` picks goes to ``out/predictions`` (the one to submit), the other
+    to ``out/predictions_single`` or ``out/predictions_ensemble``; one trained fold is its own
+    ensemble and is predicted once (``out/predictions``). With a held-out fold
+    (``train.holdout_fold``) both are scored on it, the ensemble's threshold is tuned there
+    and the choice is made on it. With ``truth`` both are scored side by side.
     """
     from kelpseg.infer.ensemble import member_weights
     from kelpseg.infer.evaluate import evaluate
@@ -389,19 +467,28 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
             folds=[r.fold for r in results],
             weights=p.weights,
             tta=p.tta,
+            vote=p.vote,
             calibration=[path for _, path in prep.test_items()],
         )
         single_t = tuned_threshold(out, tta=p.tta).value
+        if several and "holdout" in oof:  # compared there at its own tuned threshold
+            single_t = oof["holdout"]["single"]["threshold"]
         ensemble_t = tuned_threshold(out, weights if several else None, p.vote, p.tta).value
+    choice = choose_predictions(cfg, several, oof)
     t_tune = time.perf_counter()
-    runs = {"ensemble": out / "predictions"}
-    dices = [r.val_dice for r in results]
-    n_test = _predict_test(
-        prep, cfg, [r.checkpoint for r in results], dices, ensemble_t, runs["ensemble"]
-    )
+    chosen = choice["predictions"]
+    runs = {chosen: out / "predictions"}
     if several:
-        runs["single"] = out / "predictions_single"
-        _predict_test(prep, cfg, [best.checkpoint], [best.val_dice], single_t, runs["single"])
+        other = "single" if chosen == "ensemble" else "ensemble"
+        runs[other] = out / f"predictions_{other}"
+    dices = [r.val_dice for r in results]
+    n_test = 0
+    for name, where in runs.items():
+        if name == "ensemble":
+            ckpts, t = [r.checkpoint for r in results], ensemble_t
+            n_test = _predict_test(prep, cfg, ckpts, dices, t, where)
+        else:
+            n_test = _predict_test(prep, cfg, [best.checkpoint], [best.val_dice], single_t, where)
     t_pred = time.perf_counter()
     metrics: dict = {
         "train_tiles": len(prep.train),
@@ -426,20 +513,29 @@ def run_pipeline(data: Path, cfg: Config, out: Path, truth: Path | None = None) 
             "same_as_single": not several,
         },
         "threshold": {"single": single_t, "ensemble": ensemble_t},
+        "choice": choice,
         "predictions": {k: str(v) for k, v in runs.items()},
     }
+    held = cfg.train.holdout_fold
+    if held is not None:
+        n_held = int((prep.train["fold"] == held).sum())
+        metrics["holdout"] = {"fold": held, "tiles": n_held}
+        if oof is not None and "holdout" in oof:
+            metrics["holdout"] = oof["holdout"]
     if oof is not None:
         keep = ("folds", "tta", "threshold", "dice", "dice_at_0.5")
         metrics["oof_threshold"] = {k: oof[k] for k in keep}
         if several:
             keep = ("threshold", "member_threshold", "members_dice", "calibration_tiles")
-            metrics["oof_threshold"]["ensemble"] = {k: oof["ensemble"][k] for k in keep}
+            ens = oof["ensemble"]
+            metrics["oof_threshold"]["ensemble"] = {k: ens[k] for k in keep if k in ens}
+            metrics["oof_threshold"]["ensemble"]["calibration"] = ens["calibration"]
     if truth is not None:
         metrics["test"] = {}
         for name, where in runs.items():
             scores, per_tile, report = evaluate(where, truth)
             report.finish()
-            csv = "test_per_tile.csv" if name == "ensemble" else f"test_per_tile_{name}.csv"
+            csv = "test_per_tile.csv" if name == chosen else f"test_per_tile_{name}.csv"
             atomic_write_text(out / csv, per_tile.to_csv(index=False))
             metrics["test"][name] = scores
         metrics["test"].setdefault("single", metrics["test"]["ensemble"])

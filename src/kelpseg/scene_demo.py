@@ -1,4 +1,4 @@
-"""The demo's whole-scene step: a synthetic Landsat scene mapped by the demo's fold ensemble.
+"""The demo's whole-scene step: a synthetic Landsat scene mapped by what the demo's run chose.
 
 ``kelpseg demo`` ends here: one Collection 2 Level-2 scene folder is generated offline
 (:mod:`kelpseg.synth.landsat`), stacked on the fly and mapped by ``kelpseg map``'s engine

@@ -49,7 +49,16 @@ ModelsOpt = Annotated[
 ]
 RunOpt = Annotated[
     Path | None,
-    typer.Option(help="Every trained fold of a `kelpseg train`/`run` output (OUT/fold*)."),
+    typer.Option(
+        help="The trained folds of a `kelpseg train`/`run` output (OUT/fold*): all of them, "
+        "or the best fold alone when `kelpseg run` chose it (OUT/metrics.json)."
+    ),
+]
+AllFoldsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-folds", help="With --run: every fold, even when `run` chose its best fold alone."
+    ),
 ]
 WeightsOpt = Annotated[
     str | None,

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from kelpseg.cli.common import (
+    AllFoldsOpt,
     ModelsOpt,
     PrecisionOpt,
     PredictConfigOpt,
@@ -49,6 +50,7 @@ def predict(
     ] = Path("predictions"),
     model: ModelsOpt = None,
     run: RunOpt = None,
+    all_folds: AllFoldsOpt = False,
     weights: WeightsOpt = None,
     vote: VoteOpt = None,
     threshold: ThresholdOpt = None,
@@ -125,6 +127,7 @@ def predict(
         flags=flags,
         threshold=threshold,
         batch_size=batch_size,
+        all_folds=all_folds,
     )
     for note in ens.notes:
         typer.secho(f"note: {note}", err=True)
@@ -210,7 +213,7 @@ def threshold(
     from kelpseg.infer.tta import TTA_MODES
 
     saved = None
-    if (out / "config.yaml").is_file() and (weights is None or tta is None):
+    if (out / "config.yaml").is_file():
         try:
             saved = load_config(out / "config.yaml").predict
         except ConfigError as err:
@@ -231,18 +234,36 @@ def threshold(
         if not calibration:
             fail(FileNotFoundError(f"--tiles: no .tif tiles in {', '.join(map(str, tiles))}"))
     res = tune_threshold(
-        out, device=device, batch_size=batch_size, weights=weights, tta=tta, calibration=calibration
+        out,
+        device=device,
+        batch_size=batch_size,
+        weights=weights,
+        tta=tta,
+        vote=saved.vote if saved else "soft",
+        calibration=calibration,
     )
     typer.echo(
         f"threshold {res['threshold']:.2f}: Dice {res['dice']:.4f} "
         f"(0.5: {res['dice_at_0.5']:.4f}), folds {res['folds']} -> {out / 'threshold.json'}"
     )
+    hold = res.get("holdout")
     if "ensemble" in res:
         e = res["ensemble"]
+        where = (
+            f"tuned on held-out fold {hold['fold']}, {hold['tiles']} tiles"
+            if hold
+            else f"calibrated on {e['calibration_tiles']} tiles"
+        )
         typer.echo(
             f"ensemble ({weights} weights): threshold {e['threshold']:.2f} (members "
-            f"{e['member_threshold']:.2f}, calibrated on {e['calibration_tiles']} tiles)"
+            f"{e['member_threshold']:.2f}, {where})"
         )
+    if hold:
+        s, f = hold["single"], hold["single"]["fold"]
+        line = f"held-out fold {hold['fold']}: best fold ({f}) Dice {s['dice']:.4f}"
+        if "ensemble" in hold:
+            line += f", ensemble {hold['ensemble']['dice']:.4f}: {hold['better']} is better"
+        typer.echo(line)
 
 
 @app.command()

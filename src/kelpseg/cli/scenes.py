@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from kelpseg.cli.common import (
+    AllFoldsOpt,
     ModelsOpt,
     PrecisionOpt,
     PredictConfigOpt,
@@ -129,6 +130,7 @@ def map_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="MAPS folder.")] = Path("maps"),
     model: ModelsOpt = None,
     run: RunOpt = None,
+    all_folds: AllFoldsOpt = False,
     dem: DemOpt = None,
     no_dem: NoDemOpt = False,
     weights: WeightsOpt = None,
@@ -156,6 +158,22 @@ def map_cmd(
     overwrite: Annotated[
         bool, typer.Option(help="Redo every scene (default: keep scenes done by a rerun).")
     ] = False,
+    max_offshore_m: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Skip windows whose valid pixels all lie farther than this (m) from land or "
+            "the scene's edge (no kelp there); 0: never skip offshore. Windows all on land are "
+            "always skipped. (kelpseg.geo.reach)",
+        ),
+    ] = 5000.0,  # kelpseg.geo.reach.DEFAULT_MAX_OFFSHORE_M
+    backend: Annotated[
+        str,
+        typer.Option(
+            help="torch, or onnx: each checkpoint exported once (cached, keyed by its bytes "
+            "and the window) and run on onnxruntime, fp32. (kelpseg.infer.onnx_export)"
+        ),
+    ] = "torch",
     config: PredictConfigOpt = None,
     set_: SetOpt = None,
     strict: StrictOpt = False,
@@ -198,6 +216,10 @@ def map_cmd(
 
     if dem is not None and no_dem:
         usage("--dem and --no-dem: choose one")
+    if backend not in ("torch", "onnx"):
+        usage(f"--backend must be torch or onnx, got {backend!r}")
+    if backend == "onnx" and precision not in (None, "fp32"):
+        usage(f"--backend onnx runs fp32 only, not --precision {precision}")
     if out.exists() and not out.is_dir():
         fail(NotADirectoryError(f"--out {out}: an existing file, not a folder"))
     if executor not in ("serial", "ray"):
@@ -218,6 +240,7 @@ def map_cmd(
         "flags": {"weights": weights, "vote": vote, "precision": precision, "tta": tta},
         "threshold": threshold,
         "batch_size": batch_size,
+        "all_folds": all_folds,
     }
     # with --ray the workers load the models; the driver's copy (on the CPU) checks the flags
     ens = assemble(**assembly, **({"device": "cpu"} if on_ray else {}))
@@ -232,6 +255,8 @@ def map_cmd(
             geojson=geojson,
             min_area_ha=min_area_ha,
             slices=slices,
+            max_offshore_m=max_offshore_m,
+            backend=backend,
         )
     except ValueError as err:
         usage(str(err))

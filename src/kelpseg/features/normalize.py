@@ -66,7 +66,8 @@ def sample_bounds(
     """
     finite = torch.isfinite(x)
     valid = valid & finite
-    use = torch.where(valid.any(dim=(-2, -1), keepdim=True), valid, finite)
+    # valid where a sample-channel has any, else finite (no boolean Where: ONNX-exportable)
+    use = valid | (finite & ~valid.any(dim=-1, keepdim=True).any(dim=-2, keepdim=True))
     if mode == "sample_minmax":
         lo = torch.where(use, x, torch.inf).amin(dim=(-2, -1), keepdim=True)
         hi = torch.where(use, x, -torch.inf).amax(dim=(-2, -1), keepdim=True)

@@ -7,6 +7,11 @@ Non-finite values are replaced per sample and channel (NaN / -inf -> channel min
 maximum), or missing pixels get a fixed value in the normalized output, so the network never
 sees a non-finite value. The global statistics are buffers of the module, so they are saved
 with the model and prediction uses exactly what training used.
+
+:meth:`FeatureBuilder.build` is trace-safe: its only Python branches depend on the config,
+never on the data (the one shortcut of :func:`fill_nonfinite` is skipped while tracing), and it
+writes no channel in place, so ``kelpseg export`` (:mod:`kelpseg.infer.onnx_export`) records
+this very code in the ONNX graph.
 """
 
 from __future__ import annotations
@@ -37,10 +42,11 @@ CPU_CHUNK = 2
 def fill_nonfinite(x: Tensor) -> Tensor:
     """NaN / -inf -> per-sample channel minimum, +inf -> maximum (0 if nothing is finite).
 
-    Returns ``x`` itself when every value is finite.
+    Returns ``x`` itself when every value is finite (a shortcut of eager runs only: a traced
+    graph always fills, which is the identity when nothing is missing).
     """
     bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
+    if not torch.jit.is_tracing() and not bool(bad.any()):
         return x
     lo = x.masked_fill(bad, torch.inf).amin(dim=(-2, -1), keepdim=True)
     hi = x.masked_fill(bad, -torch.inf).amax(dim=(-2, -1), keepdim=True)
@@ -137,45 +143,44 @@ class FeatureBuilder(nn.Module):
             spectral = spectral * REFLECTANCE_SCALE + REFLECTANCE_OFFSET
         s, n, r, g, b = spectral.unbind(1)
         dem = x[:, DEM_INDEX]
-        out = x.new_empty((x.shape[0], self.num_channels, *x.shape[2:]))
-        for i, row in enumerate(self._band_rows):
-            out[:, i] = spectral[:, row] if row < 5 else x[:, row]
-        if not self.indices:
-            return out
+        chans = [spectral[:, row] if row < 5 else x[:, row] for row in self._band_rows]
         bands = Bands(S=s, N=n, R=r, G=g, B=b, DEM=dem)
         land = None
         if self.mask_land:
-            land = dem.nan_to_num(0.0) > 0
+            land = dem > 0  # a missing (NaN) DEM compares False: not land
         if self.mask_cloud:
             cloud = x[:, QA_INDEX] != 0
             land = cloud if land is None else land | cloud
-        for i, name in enumerate(self.indices):
+        for name in self.indices:
             f = lookup(name)(bands)
             if land is not None and name != "DEMWM":
                 f = f.masked_fill(land, torch.nan)
-            out[:, len(self.bands) + i] = f
-        return out
+            chans.append(f)
+        return torch.stack(chans, dim=1)
 
     def stats_mask(self, raw: Tensor, feats: Tensor) -> Tensor:
         """Pixels the statistics may use: finite, and water only when so configured."""
         valid = torch.isfinite(feats)
         if self.stats_pixels == "water":
-            valid &= water_mask(raw)
+            valid = valid & water_mask(raw)
         return valid
 
     @torch.no_grad()
     def forward(self, raw: Tensor) -> Tensor:
         if raw.device.type != "cpu" or len(raw) <= CPU_CHUNK:
-            return self._features(raw)
+            return self.build(raw)
         # On a CPU, a few samples at a time keep the ~200 elementwise passes in cache (2x faster).
         out = torch.empty(
             (len(raw), self.num_channels, *raw.shape[2:]), dtype=torch.float32, device=raw.device
         )
         for i in range(0, len(raw), CPU_CHUNK):
-            out[i : i + CPU_CHUNK] = self._features(raw[i : i + CPU_CHUNK])
+            out[i : i + CPU_CHUNK] = self.build(raw[i : i + CPU_CHUNK])
         return out
 
-    def _features(self, raw: Tensor) -> Tensor:
+    def build(self, raw: Tensor) -> Tensor:
+        """The features of a whole batch in one pass (what :meth:`forward` computes, without
+        its CPU chunking, whose loop depends on the batch size): trace-safe, the ONNX graph's
+        feature step."""
         feats = self.raw_features(raw)
         missing = torch.isnan(feats) if self.fill != "min" else None
         lo = hi = None
@@ -188,8 +193,10 @@ class FeatureBuilder(nn.Module):
         if lo is not None:
             x = apply_bounds(x, lo, hi, self.normalize in CLIPPED_MODES)
         if missing is not None:
-            x = x.masked_fill_(missing, float(self.fill))
+            x = x.masked_fill(missing, float(self.fill))
         return x
+
+    _features = build  # the name tests and bench/train_throughput.py use
 
     @torch.no_grad()
     def fit_bounds(

@@ -146,6 +146,7 @@ def assemble(
     postprocess: PostprocessConfig | None = None,
     dices: Sequence[float | None] | None = None,
     device: str | None = None,
+    all_folds: bool = False,
 ) -> Assembly:
     """Checkpoints (paths, or members already loaded) and/or a run folder -> an :class:`Assembly`.
 
@@ -153,7 +154,8 @@ def assemble(
         members: Checkpoints (``.ckpt``, or the XGBoost baseline's ``model.json``) or loaded
             members (anything with ``predict_proba``, ``device`` and ``cfg``).
         run: A ``kelpseg train``/``run`` folder: its trained folds join the members, its tuned
-            threshold is used when it fits.
+            threshold is used when it fits; when ``kelpseg run`` chose its best fold alone
+            (``metrics.json``), only that fold, at the threshold ``run`` used.
         config: Config (file, built-in name or object) for the ``predict`` and ``postprocess``
             settings; default: the first member's own.
         overrides: ``--set`` overrides on top of it.
@@ -164,6 +166,7 @@ def assemble(
         postprocess: Replaces the config's ``postprocess`` section.
         dices: Validation Dice of each member in ``members`` (for ``dice`` weights).
         device: Where to load members given as paths (default: a GPU when there is one).
+        all_folds: Every trained fold of ``run`` even when ``run`` chose its best fold alone.
 
     Raises:
         AssembleError: no member, a bad threshold or batch size, members on several devices.
@@ -174,7 +177,7 @@ def assemble(
     """
     from kelpseg.infer.checkpoint import load_member, member_device
     from kelpseg.infer.ensemble import default_precision, member_weights
-    from kelpseg.infer.run_folder import run_checkpoints, tuned_threshold
+    from kelpseg.infer.run_folder import run_checkpoints, run_choice, tuned_threshold
 
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise AssembleError(f"--threshold must be in [0, 1], got {threshold}")
@@ -184,8 +187,19 @@ def assemble(
     scores: list[float | None] = list(dices) if dices is not None else [None] * len(items)
     if len(scores) != len(items):
         raise AssembleError(f"{len(scores)} validation Dice values for {len(items)} members")
+    notes: list[str] = []
+    chosen = run_choice(run) if run is not None and not all_folds else None
     if run is not None:
         more, more_dice = run_checkpoints(run)
+        if chosen is not None:
+            keep = [i for i, ck in enumerate(more) if ck.resolve() == chosen.checkpoint.resolve()]
+            more, more_dice = [more[i] for i in keep], [more_dice[i] for i in keep]
+            if not more:  # the run folder's folds were retrained since
+                more, more_dice = [chosen.checkpoint], [None]
+            notes.append(
+                f"{run}: `kelpseg run` chose the best fold alone ({chosen.reason}); "
+                "--all-folds predicts with the ensemble of every fold"
+            )
         items, scores = items + list(more), scores + list(more_dice)
     if not items:
         raise AssembleError("give a model: --model CKPT (repeatable) or --run OUT")
@@ -216,12 +230,13 @@ def assemble(
     if len(models) == 1 and "weights" not in given:
         spec = "equal"  # a config's numbers are for its ensemble; one model needs none
     weights = member_weights(len(models), spec, scores)
-    notes: list[str] = []
     explicit = _given(overrides)
     if threshold is not None:
         value, source = float(threshold), "--threshold"
     elif "predict.threshold" in explicit:
         value, source = pc.threshold, "--set predict.threshold"
+    elif chosen is not None and len(models) == 1:
+        value, source = chosen.threshold, f"{run}/metrics.json (the threshold `run` used)"
     else:
         tuned = tuned_threshold(run, weights, pc.vote, pc.tta) if run is not None else None
         if tuned is not None:

@@ -38,6 +38,7 @@ from kelpseg import __version__
 from kelpseg.geo.coverage import CLEAR_WATER, CLOUDY_WATER, LAND, NAMES, NO_DEM, coverage_codes
 from kelpseg.geo.dem import WITHOUT_DEM, DemChoice, DemError, Dems
 from kelpseg.geo.footprint import footprint_id
+from kelpseg.geo.reach import DEFAULT_MAX_OFFSHORE_M
 from kelpseg.io.errors import BatchReport, TileError, first_line
 from kelpseg.io.raster import atomic_write_text, georef_of, open_raster
 from kelpseg.io.sources import find_sources
@@ -77,6 +78,10 @@ class MapSettings:
     slices: int = 1
     compress: str = "DEFLATE"
     quicklook_px: int = 1000
+    max_offshore_m: float | None = DEFAULT_MAX_OFFSHORE_M
+    """Skip windows farther offshore than this (:mod:`kelpseg.geo.reach`); 0/None: never."""
+    backend: str = "torch"
+    """``onnx``: checkpoint members run as cached ONNX exports (:func:`onnx_assembly`)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "quicklook_px"}
@@ -257,8 +262,9 @@ def _map_raster(
 ) -> dict[str, Any]:
     from kelpseg.eda.quicklook import QuickLook
     from kelpseg.geo.area import row_areas_ha
+    from kelpseg.geo.reach import scene_reach
     from kelpseg.infer.postprocess import scene_mask
-    from kelpseg.infer.sliced import RasterSource, predict_sliced
+    from kelpseg.infer.sliced import RasterSource, WindowCounts, predict_sliced
     from kelpseg.io.cog import CogWriter
 
     sid = scene.scene_id
@@ -310,6 +316,16 @@ def _map_raster(
         px = {"valid": 0, "no_dem": 0, "land": 0}
         kelp_ha = flagged_ha = 0.0
         footprint = dem.footprint if dem is not None else None
+        reach = scene_reach(
+            source,
+            max_offshore_m=settings.max_offshore_m,
+            crs=georef.crs,
+            transform=georef.transform,
+            footprint=footprint,
+        )
+        if reach.note:
+            print(f"[map] note: {sid}: {reach.note}", file=sys.stderr)
+        counts = WindowCounts()
         try:
             for band in predict_sliced(
                 engine,
@@ -318,6 +334,8 @@ def _map_raster(
                 overlap=settings.overlap,
                 batch_size=engine_batch(engine),
                 progress=progress,
+                skip=reach.why_skip,
+                counts=counts,
             ):
                 h = len(band.mean)
                 outside = (
@@ -383,6 +401,7 @@ def _map_raster(
         "valid_px": px["valid"],
         "dem_coverage": 1 - px["no_dem"] / px["valid"] if px["valid"] else None,
         "land_fraction": px["land"] / px["valid"] if px["valid"] else None,
+        "windows": {**counts.as_dict(), **reach.record()},
         **info,
     }
 
@@ -504,9 +523,9 @@ def map_run(
     progress: bool = True,
     **assembly: Any,
 ) -> MapResult:
-    """Map ``inputs`` with every trained fold of ``run`` (the predict settings of the first
-    fold's config, the run's tuned threshold for them); ``assembly`` goes to
-    :func:`kelpseg.infer.assemble.assemble`."""
+    """Map ``inputs`` with the trained folds of ``run`` (every fold, or the best fold alone
+    when ``kelpseg run`` chose it; the predict settings of the first fold's config, the run's
+    tuned threshold for them); ``assembly`` goes to :func:`kelpseg.infer.assemble.assemble`."""
     from kelpseg.infer.assemble import assemble
 
     ens = assemble(run=run, **assembly)
@@ -574,7 +593,11 @@ def map_inputs(
 
 def scene_engine(ens: Any, settings: MapSettings) -> Any:
     """The ensemble engine every scene of a call is predicted with (spread on, the slices and
-    batch size of the call)."""
+    batch size of the call; checkpoint members as cached ONNX graphs under ``--backend onnx``)."""
+    if settings.backend == "onnx":
+        from kelpseg.infer.onnx_export import onnx_assembly
+
+        ens = onnx_assembly(ens, settings.window)
     engine = ens.engine(spread=True, slices=settings.slices)
     engine.batch_size = ens.batch_size
     return engine

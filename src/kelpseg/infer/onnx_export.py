@@ -39,86 +39,25 @@ class ExportError(PredictionError):
 def _graph_module(model: Any) -> Any:
     """A traceable ``nn.Module``: raw int16 ``(N, 7, H, W)`` -> probability ``(N, H, W)``.
 
-    It computes exactly what :meth:`KelpSegModule.predict_proba` does, written without
-    data-dependent Python branches (every fill is computed; it is the identity when nothing is
-    missing) and without in-place channel writes, so the TorchScript tracer records it whole.
+    It runs what :meth:`KelpSegModule.predict_proba` does: the model's own feature code
+    (:meth:`kelpseg.features.pipeline.FeatureBuilder.build`, trace-safe: no data-dependent
+    Python branch, no in-place channel write), padding to the encoder's multiple, the network,
+    cropping back and the sigmoid, so the TorchScript tracer records it whole.
     """
     import torch
     from torch import Tensor, nn
 
-    from kelpseg.features.indices import REFLECTANCE_OFFSET, REFLECTANCE_SCALE, Bands, lookup
-    from kelpseg.features.normalize import CLIPPED_MODES, GLOBAL_MODES, _ordered
-    from kelpseg.features.pipeline import pad_to_multiple, water_mask
-    from kelpseg.io.tiles import DEM_INDEX, NODATA, QA_INDEX
-
-    feats_mod = model.features
-
-    def fill(x: Tensor) -> Tensor:  # kelpseg.features.pipeline.fill_nonfinite, branch-free
-        bad = ~torch.isfinite(x)
-        lo = x.masked_fill(bad, torch.inf).amin(dim=(-2, -1), keepdim=True)
-        hi = x.masked_fill(bad, -torch.inf).amax(dim=(-2, -1), keepdim=True)
-        lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
-        hi = torch.where(torch.isfinite(hi), hi, torch.zeros_like(hi))
-        return torch.where(bad, torch.where(x > 0, hi, lo), x)
-
-    def sample_minmax(x: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        # kelpseg.features.normalize.sample_bounds without a boolean Where (not in onnxruntime)
-        finite = torch.isfinite(x)
-        valid = valid & finite
-        use = valid | (finite & ~valid.any(dim=-1, keepdim=True).any(dim=-2, keepdim=True))
-        lo = torch.where(use, x, torch.inf).amin(dim=(-2, -1), keepdim=True)
-        hi = torch.where(use, x, -torch.inf).amax(dim=(-2, -1), keepdim=True)
-        return _ordered(lo, hi)
+    from kelpseg.features.pipeline import pad_to_multiple
 
     class RawToProba(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.features = feats_mod
+            self.features = model.features
             self.net = model.net
             self.divisor = int(model.divisor)
 
-        def raw_features(self, raw: Tensor) -> Tensor:
-            f = self.features
-            x = raw.float().masked_fill(raw == NODATA, torch.nan)
-            spectral = x[:, :5]
-            if f.units == "reflectance":
-                spectral = spectral * REFLECTANCE_SCALE + REFLECTANCE_OFFSET
-            s, n, r, g, b = spectral.unbind(1)
-            dem = x[:, DEM_INDEX]
-            chans = [spectral[:, row] if row < 5 else x[:, row] for row in f._band_rows]
-            land = None
-            if f.mask_land:
-                land = dem > 0  # NaN compares False, as nan_to_num(0) > 0
-            if f.mask_cloud:
-                cloud = x[:, QA_INDEX] != 0
-                land = cloud if land is None else land | cloud
-            bands = Bands(S=s, N=n, R=r, G=g, B=b, DEM=dem)
-            for name in f.indices:
-                v = lookup(name)(bands)
-                if land is not None and name != "DEMWM":
-                    v = v.masked_fill(land, torch.nan)
-                chans.append(v)
-            return torch.stack(chans, dim=1)
-
         def forward(self, raw: Tensor) -> Tensor:
-            f = self.features
-            feats = self.raw_features(raw)
-            missing = torch.isnan(feats) if f.fill != "min" else None
-            lo = hi = None
-            if f.normalize in GLOBAL_MODES:
-                lo, hi = f.q_low.view(1, -1, 1, 1), f.q_high.view(1, -1, 1, 1)
-            elif f.normalize != "none":
-                valid = torch.isfinite(feats)
-                if f.stats_pixels == "water":
-                    valid = valid & water_mask(raw)
-                lo, hi = sample_minmax(feats, valid)
-            x = fill(feats)
-            if lo is not None:
-                x = (x - lo) * (1.0 / (hi - lo))
-                if f.normalize in CLIPPED_MODES:
-                    x = x.clamp(0.0, 1.0)
-            if missing is not None:
-                x = x.masked_fill(missing, float(f.fill))
+            x = self.features.build(raw)
             h, w = x.shape[-2:]
             x, _ = pad_to_multiple(x, self.divisor)
             return torch.sigmoid(self.net(x)[..., :h, :w])[:, 0]
@@ -214,15 +153,20 @@ class OnnxModel:
 
     device = "cpu"
 
-    def __init__(self, path: str | Path, providers: list[str] | None = None) -> None:
+    def __init__(
+        self, path: str | Path, providers: list[str] | None = None, threads: int | None = None
+    ) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: ONNX model not found")
+        opts = ort.SessionOptions()
+        if threads:  # default: onnxruntime's, one per physical core
+            opts.intra_op_num_threads = int(threads)
         try:
             self.session = ort.InferenceSession(
-                str(self.path), providers=providers or ["CPUExecutionProvider"]
+                str(self.path), opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own exception types
             line = first_line(err)[:200]
@@ -325,3 +269,80 @@ def predict_tiles_onnx(
         proba_format=proba_format,
         overwrite=overwrite,
     )
+
+
+ONNX_CACHE_ENV = "KELPSEG_ONNX_CACHE"
+"""Environment variable naming the folder of cached exports (``map --backend onnx``)."""
+
+
+def onnx_cache_dir() -> Path:
+    """``$KELPSEG_ONNX_CACHE``, else ``$XDG_CACHE_HOME/kelpseg/onnx`` (``~/.cache/kelpseg/onnx``)."""
+    given = os.environ.get(ONNX_CACHE_ENV)
+    if given:
+        return Path(given)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kelpseg" / "onnx"
+
+
+def file_digest(path: Path) -> str:
+    """sha1 of a file's bytes (read in 1 MB blocks)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cached_export(checkpoint: str | Path, tile_size: int, cache: Path | None = None) -> Path:
+    """The ONNX export of ``checkpoint`` for ``tile_size`` px tiles, exported once into the
+    cache (:func:`onnx_cache_dir`) and reused while the key matches: the sha1 of the
+    checkpoint's bytes, the tile size, the opset and the kelpseg version (whose graph code made
+    it), all in the file's name (``{stem}-{sha1[:16]}-w{tile}-o{opset}-k{version}.onnx``).
+    Written atomically, so concurrent processes at worst both export.
+
+    Raises:
+        CheckpointError, ExportError: as :func:`export_onnx`.
+    """
+    from kelpseg import __version__
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise ExportError(f"{checkpoint}: checkpoint not found (needed for --backend onnx)")
+    key = f"{file_digest(checkpoint)[:16]}-w{int(tile_size)}-o{OPSET}-k{__version__}"
+    out = (cache or onnx_cache_dir()) / f"{checkpoint.stem}-{key}.onnx"
+    if not out.is_file():
+        export_onnx(checkpoint, out, tile_size=tile_size)
+    return out
+
+
+def onnx_assembly(ens: Any, tile_size: int, cache: Path | None = None) -> Any:
+    """``ens`` (:class:`kelpseg.infer.assemble.Assembly`) with every network member replaced
+    by its cached ONNX export (:func:`cached_export`) on onnxruntime's CPU provider; members
+    that are ONNX already must take ``tile_size`` px tiles, other members (XGBoost) stay.
+    Threshold, weights and every other setting are kept; the model hash becomes the ONNX
+    files' (outputs record what made them).
+
+    Raises:
+        ExportError: a precision other than fp32 (the graph runs fp32), an ONNX member of
+            another tile size, a member without its checkpoint file.
+    """
+    import dataclasses
+
+    if ens.precision != "fp32":
+        raise ExportError(f"--backend onnx runs fp32 only, not --precision {ens.precision}")
+    models = []
+    for m, path in zip(ens.models, ens.checkpoints, strict=True):
+        if isinstance(m, OnnxModel):
+            if m.tile_size != tile_size:
+                raise ExportError(
+                    f"{m.path}: exported for {m.tile_size} px tiles, the windows are "
+                    f"{tile_size} px: pass --window {m.tile_size} or give the checkpoint"
+                )
+            models.append(m)
+        elif hasattr(m, "net"):
+            models.append(OnnxModel(cached_export(path, tile_size, cache)))
+        else:
+            models.append(m)
+    return dataclasses.replace(ens, models=models)

@@ -17,6 +17,10 @@ import numpy as np
 from kelpseg.infer.errors import RunFolderError
 
 THRESHOLD_FILE = "threshold.json"
+METRICS_FILE = "metrics.json"
+HOLDOUT_FILE = "holdout.json"
+"""In each fold folder: the fold of the split its model did not train on (``kelpseg run``
+with ``train.holdout_fold``; ``{"fold": null}`` without one)."""
 
 
 def finished_folds(run: Path) -> dict[int, tuple[Path, float]]:
@@ -37,6 +41,74 @@ def finished_folds(run: Path) -> dict[int, tuple[Path, float]]:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise RunFolderError(f"{res}: not a fold result of `kelpseg train` ({err})") from err
     return dict(sorted(found.items()))  # fold order (fold10 after fold9), as threshold.json
+
+
+def write_holdout(fold_dir: Path, fold: int | None, tiles: int) -> None:
+    """Record in a trained fold's folder the held-out fold its model never saw (or none)."""
+    from kelpseg.io.raster import atomic_write_text
+
+    atomic_write_text(Path(fold_dir) / HOLDOUT_FILE, json.dumps({"fold": fold, "tiles": tiles}))
+
+
+@dataclass(frozen=True)
+class RunChoice:
+    """What ``kelpseg run`` submitted when it chose the best fold alone over the ensemble."""
+
+    checkpoint: Path
+    threshold: float
+    reason: str
+
+
+def run_choice(run: Path) -> RunChoice | None:
+    """The best fold alone when ``kelpseg run`` chose it for ``OUT/predictions``
+    (``metrics.json`` → ``choice``, see :func:`kelpseg.pipeline.choose_predictions`); None
+    when it chose the ensemble, or the folder holds no finished ``run``.
+
+    Raises:
+        RunFolderError: an unreadable ``metrics.json``, or a chosen checkpoint that is gone.
+    """
+    path = Path(run) / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        choice = metrics.get("choice") or {}
+        if choice.get("predictions") != "single":
+            return None
+        ck = Path(metrics["predicted_with"])
+        threshold = float(metrics["threshold"]["single"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise RunFolderError(f"{path}: not the metrics of `kelpseg run` ({err})") from err
+    if not ck.is_file():  # a moved run folder: the checkpoint beside its fold folder
+        ck = Path(run) / ck.parent.name / ck.name
+    if not ck.is_file():
+        raise RunFolderError(f"{path}: the chosen checkpoint {ck} is gone")
+    return RunChoice(ck, threshold, str(choice.get("reason", "")))
+
+
+def held_out_fold(run: Path, folds: list[int]) -> int | None:
+    """The fold no member of ``folds`` trained on, when every one of them records the same
+    one (``fold{k}/holdout.json``, written by ``kelpseg run`` / ``train``); else None.
+
+    Raises:
+        RunFolderError: members that record different held-out folds (their ensemble has no
+            tile none of them saw), or an unreadable record.
+    """
+    seen: dict[int, int | None] = {}
+    for k in folds:
+        path = Path(run) / f"fold{k}" / HOLDOUT_FILE
+        if not path.is_file():
+            return None  # trained before hold-outs existed, or by another command
+        try:
+            fold = json.loads(path.read_text())["fold"]
+            seen[k] = None if fold is None else int(fold)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise RunFolderError(f"{path}: not a hold-out record ({err})") from err
+    held = set(seen.values())
+    if len(held) > 1:
+        named = ", ".join(f"fold {k}: {v}" for k, v in seen.items())
+        raise RunFolderError(f"{run}: the folds held out different folds ({named}): retrain")
+    return held.pop() if held else None
 
 
 def run_checkpoints(run: Path) -> tuple[list[Path], list[float | None]]:
@@ -91,8 +163,8 @@ def tuned_threshold(
     the run's fold order; None or one weight: a single model), or None when never tuned.
 
     The ``ensemble`` entry is used only for the ensemble it was tuned for: as many members with
-    the same weights (the mean's calibrated threshold for a soft vote, the members' own for a
-    hard vote). Otherwise the single models' out-of-fold threshold, with a ``note`` saying why.
+    the same weights (the mean's threshold for a soft vote: tuned on the held-out fold when the
+    run has one, else calibrated by rate matching; the members' own for a hard vote). Otherwise the single models' out-of-fold threshold, with a ``note`` saying why.
     A threshold tuned under another TTA is also noted.
     """
     path = Path(run) / THRESHOLD_FILE
@@ -125,4 +197,7 @@ def tuned_threshold(
         )
         return Tuned(single, f"{path} (single models)", "; ".join(notes))
     key = "member_threshold" if vote == "hard" else "threshold"
-    return Tuned(float(ens[key]), f"{path} (ensemble of {len(w)}, {vote} vote)", "; ".join(notes))
+    how = f"ensemble of {len(w)}, {vote} vote"
+    if ens.get("holdout_fold") is not None and vote != "hard":
+        how += f", tuned on held-out fold {ens['holdout_fold']}"
+    return Tuned(float(ens[key]), f"{path} ({how})", "; ".join(notes))

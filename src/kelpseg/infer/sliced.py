@@ -14,7 +14,10 @@ band), so peak memory depends on the window, batch and raster width, not on the 
 Features are computed per window, as in training: per-sample normalization and ``fill: min``
 see one window, not the scene. A window with no valid pixel (a Landsat scene's fill collar,
 a quarter of a WRS-2 scene) is not sent to the model: every window that touches a valid pixel
-still is, so no valid pixel's probability changes.
+still is, so no valid pixel's probability changes. A ``skip`` rule (``kelpseg map``'s
+:class:`kelpseg.geo.reach.Reach`: windows all on land or far offshore) may leave out more
+windows; their pixels get probability 0 and no blend weight, and :class:`WindowCounts` says how
+many windows were predicted and why the others were not.
 
 :func:`sahi` is the SAHI-style option on the same blending: each input is cut into overlapping
 slices of ``1/slices`` of its side, up-sampled (nearest) to the input's size before the model,
@@ -24,9 +27,9 @@ and the probabilities area-averaged back to the slice and blended.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -129,6 +132,31 @@ class Band:
         return missing_pixels(self.raw)
 
 
+@dataclass
+class WindowCounts:
+    """Windows of one sliced pass: how many, how many predicted, and why the others were not
+    (``fill``: no valid pixel; ``land`` / ``offshore``: the ``skip`` rule's reasons)."""
+
+    total: int = 0
+    predicted: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, reason: str | None) -> None:
+        self.total += 1
+        if reason is None:
+            self.predicted += 1
+        else:
+            self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, int]:
+        """``{"total", "predicted", "skipped_fill", "skipped_land", "skipped_offshore"}``."""
+        return {
+            "total": self.total,
+            "predicted": self.predicted,
+            **{f"skipped_{k}": self.skipped.get(k, 0) for k in ("fill", "land", "offshore")},
+        }
+
+
 def default_overlap(window: int) -> int:
     """A quarter of the window."""
     return window // 4
@@ -144,6 +172,8 @@ def predict_sliced(
     band_rows: int = 0,
     progress: bool = True,
     skip_empty: bool = True,
+    skip: Callable[[np.ndarray, int, int], str | None] | None = None,
+    counts: WindowCounts | None = None,
 ) -> Iterator[Band]:
     """Blended ensemble probabilities of a raster, yielded as finished row bands, top to bottom.
 
@@ -158,6 +188,10 @@ def predict_sliced(
         progress: Show a progress bar over windows.
         skip_empty: Do not predict windows without a valid pixel (their pixels, all missing,
             get probability 0).
+        skip: ``(raw window, row, col) -> reason or None``: windows with a reason are not
+            predicted either (e.g. :meth:`kelpseg.geo.reach.Reach.why_skip`); their pixels get
+            probability 0 unless a predicted window covers them too.
+        counts: Filled with the windows predicted and skipped (by reason) as the pass runs.
     """
     overlap = default_overlap(window) if overlap is None else int(overlap)
     if window < 1 or not 0 <= overlap < window:
@@ -197,18 +231,27 @@ def predict_sliced(
 
     prepare = getattr(engine, "prepare", None)
 
-    def load(batch: list[tuple[int, int]]) -> tuple[np.ndarray, list[bool], np.ndarray | None]:
-        """In the reader thread: the batch's windows, which hold a valid pixel, and the
-        engine's host-side preparation of those."""
+    def why(x: np.ndarray, r: int, c: int) -> str | None:
+        if skip_empty and missing_pixels(x).all():
+            return "fill"
+        return skip(x, r, c) if skip is not None else None
+
+    def load(
+        batch: list[tuple[int, int]],
+    ) -> tuple[np.ndarray, list[str | None], np.ndarray | None]:
+        """In the reader thread: the batch's windows, why each is not predicted (None: it is),
+        and the engine's host-side preparation of those predicted."""
         raw = np.stack([source.read(r, c, window, window) for r, c in batch])
-        keep = [not (skip_empty and missing_pixels(x).all()) for x in raw]
-        ready = [prepare(x) for x, k in zip(raw, keep, strict=True) if k] if prepare else []
+        reasons = [why(x, r, c) for x, (r, c) in zip(raw, batch, strict=True)]
+        ready = (
+            [prepare(x) for x, k in zip(raw, reasons, strict=True) if k is None] if prepare else []
+        )
         both = bool(ready) and all(r is not None for r in ready)
-        return raw, keep, np.stack(ready) if both else None
+        return raw, reasons, np.stack(ready) if both else None
 
     starts = list(range(0, len(wins), batch_size))
     bar = tqdm(total=len(wins), desc="map", unit="win", leave=False, disable=not progress)
-    skipped = 0
+    counts = counts if counts is not None else WindowCounts()
     # one reader thread owns the dataset (GDAL handles are not shared between threads): it
     # reads the next batch while the model runs on this one
     reader = ThreadPoolExecutor(1)
@@ -216,14 +259,16 @@ def predict_sliced(
     try:
         for start in starts:
             batch = wins[start : start + batch_size]
-            raw, keep, fixed = nxt_batch.result()
+            raw, reasons, fixed = nxt_batch.result()
+            keep = [k is None for k in reasons]
             if start + batch_size < len(wins):
                 nxt_batch = reader.submit(load, wins[start + batch_size : start + 2 * batch_size])
             if any(keep):
                 mean, std = engine(raw[keep], fixed) if fixed is not None else engine(raw[keep])
                 mean_np = mean.float().cpu().numpy()
                 std_np = std.float().cpu().numpy() if std is not None else None
-            skipped += len(batch) - sum(keep)
+            for k in reasons:
+                counts.add(k)
             j = 0  # index into the predicted windows
             for (r, c), kept in zip(batch, keep, strict=True):
                 h, w = min(window, H - r), min(window, W - c)
@@ -238,8 +283,8 @@ def predict_sliced(
                 if acc_s is not None and std_np is not None:
                     acc_s[sl] += ww * std_np[i, :h, :w]
             bar.update(len(batch))
-            if skipped:
-                bar.set_postfix(empty=skipped, refresh=False)
+            if counts.skipped:
+                bar.set_postfix(predicted=counts.predicted, **counts.skipped, refresh=False)
             nxt = start + batch_size
             done = wins[nxt][0] if nxt < len(wins) else H
             if done > top and (done == H or done - top >= max(band_rows, 1)):

@@ -282,6 +282,65 @@ def rate_match(
     }
 
 
+def holdout_counts(
+    out: Path,
+    checkpoints: list[Path],
+    weights: np.ndarray,
+    holdout: int,
+    *,
+    member_threshold: float,
+    device: str | None = None,
+    batch_size: int | None = None,
+    tta: str = "none",
+    vote: str = "soft",
+) -> tuple[list[Counts], Counts | None, int]:
+    """Every member's and (several members) the ensemble's counts on the held-out fold's
+    cached tiles, which none of them trained on; and the number of tiles.
+
+    The members are assembled and run as prediction runs them (its precision on the device,
+    ``tta``, ``vote``; a hard vote's members cut at ``member_threshold``). The ensemble's
+    counts are of its combined value: the weighted mean probability (soft), or the weighted
+    share of members saying kelp, cut at 0.5 (hard).
+    """
+    from kelpseg.data.cache import open_cache
+    from kelpseg.infer.assemble import assemble
+
+    tables = _tables_folder(out)
+    splits = pd.read_csv(tables / "splits.csv", dtype={"tile_id": str})
+    packed = open_cache(tables / "cache")
+    cached = set(packed.tile_ids)
+    ids = [t for t in splits.loc[splits["fold"] == holdout, "tile_id"] if t in cached]
+    if not ids:
+        raise ThresholdError(f"{tables / 'splits.csv'}: the held-out fold {holdout} has no tiles")
+    ens = assemble(
+        checkpoints,
+        flags={"weights": ",".join(repr(float(v)) for v in weights), "tta": tta, "vote": vote},
+        threshold=member_threshold,
+        batch_size=batch_size,
+        device=device,
+    )
+    engine = ens.engine()
+    engine.dem_fix = lambda r: r  # cached tiles are corrected
+    members = [Counts() for _ in checkpoints]
+    mean = Counts() if len(checkpoints) > 1 else None
+    rows = packed.row(ids)
+    for start in range(0, len(rows), ens.batch_size):
+        sel = np.sort(rows[start : start + ens.batch_size])
+        raw = np.asarray(packed.images[sel])
+        truth = np.asarray(packed.masks[sel])
+        valid = ~np.stack([missing_pixels(r) for r in raw])
+        probs = engine.probas(raw)
+        for c, p in zip(members, probs.cpu().numpy(), strict=True):
+            c.add(p, truth, valid)
+        if mean is not None:
+            mean.add(engine.combine(probs)[0].cpu().numpy(), truth, valid)
+    return members, mean, len(ids)
+
+
+def _at(counts: Counts, t: float) -> float:
+    return float(counts.dice()[int(np.argmin(np.abs(counts.thresholds - t)))])
+
+
 def _spread(items: list, n: int) -> list:
     """At most ``n`` of ``items``, evenly spread."""
     if len(items) <= n:
@@ -297,18 +356,25 @@ def tune_threshold(
     folds: list[int] | None = None,
     weights: str = "equal",
     tta: str = "none",
+    vote: str = "soft",
     calibration: list[Path] | None = None,
 ) -> dict:
     """Tune the decision threshold out of fold; write ``threshold.json`` and ``threshold.png``.
 
     With several folds the ``ensemble`` entry holds the threshold of their ensemble under
-    ``weights`` (``equal``, ``dice`` or numbers in fold order): the weighted members' threshold
-    (tuned out of fold on their expected counts), carried over to the weighted mean by
-    :func:`rate_match` on unlabelled ``calibration`` tiles (e.g. the test tiles), or without
-    them on the cached training tiles (see the module notes).
+    ``weights`` (``equal``, ``dice`` or numbers in fold order). When the folds were trained
+    with a held-out fold (``train.holdout_fold``, recorded in ``fold*/holdout.json``) it is
+    tuned there, on the ensemble's own predictions of tiles no member saw, and the
+    ``holdout`` entry scores every member, the best fold (by validation Dice) and the
+    ensemble on those tiles: ``better`` names the one with the higher Dice at its tuned
+    threshold. Without a held-out fold it is the weighted members' threshold (tuned out of
+    fold on their expected counts), carried over to the weighted mean by :func:`rate_match`
+    on unlabelled ``calibration`` tiles (e.g. the test tiles), or without them on the cached
+    training tiles (see the module notes).
     """
     from kelpseg.data.cache import open_cache
     from kelpseg.infer.ensemble import member_weights
+    from kelpseg.infer.run_folder import held_out_fold
     from kelpseg.io.tiles import read_tile
 
     counts = Counts()
@@ -319,40 +385,114 @@ def tune_threshold(
         per_fold.setdefault(b.fold, Counts()).add(b.proba, b.truth, b.valid)
         ids += b.tile_ids
     result = {"folds": sorted(per_fold), "tta": tta, **choose(counts)}
-    if len(per_fold) > 1:
-        order = sorted(per_fold)
-        dices = fold_dices(out)
-        w = member_weights(len(order), weights, [dices.get(f) for f in order])
-        mix = choose(mixture(per_fold, dict(zip(order, map(float, w), strict=True))))
-        ckpts = fold_checkpoints(out, order)
-        members = [ckpts[f] for f in order]
-        if calibration:
-            paths = _spread(sorted(calibration), CALIBRATION_TILES)
-            correct = True
-            raws = (read_tile(p) for p in paths)
-            source = "unlabelled tiles given (the test tiles in `kelpseg run`)"
-        else:
-            packed = open_cache(_tables_folder(out) / "cache")
-            rows = packed.row(_spread(ids, CALIBRATION_TILES))
-            raws = (np.asarray(packed.images[r]) for r in rows)
-            correct = False  # the cache holds corrected DEMs
-            source = "cached training tiles (no --tiles given; the members saw most of them)"
-        matched = rate_match(
-            members, w, raws, mix["threshold"], device=device, tta=tta, correct=correct
+    order = sorted(per_fold)
+    several = len(order) > 1
+    dices = fold_dices(out)
+    ckpts = fold_checkpoints(out, order)
+    members = [ckpts[f] for f in order]
+    w = member_weights(len(order), weights if several else "equal", [dices.get(f) for f in order])
+    mix = choose(mixture(per_fold, dict(zip(order, map(float, w), strict=True))))
+    held = held_out_fold(out, order)
+    hold_mean = None
+    if held is not None:
+        member_counts, hold_mean, n_tiles = holdout_counts(
+            out,
+            members,
+            w,
+            held,
+            member_threshold=mix["threshold"],
+            device=device,
+            batch_size=batch_size,
+            tta=tta,
+            vote=vote,
         )
-        result["ensemble"] = {
-            "threshold": matched["threshold"],
+        result["holdout"] = _holdout_entry(
+            held, n_tiles, order, dices, member_counts, result["threshold"]
+        )
+    if several:
+        entry = {
             "weights": weights,
             "member_weights": {str(f): float(v) for f, v in zip(order, w, strict=True)},
             "member_threshold": mix["threshold"],
             "members_dice": mix["dice"],
-            **{k: v for k, v in matched.items() if k != "threshold"},
-            "calibration": source,
-            "method": "the weighted members' out-of-fold threshold, moved to where the "
-            "weighted mean marks the same share of unlabelled pixels as kelp (no out-of-fold "
-            "ensemble prediction exists in K-fold)",
-            "curve": {"threshold": mix["curve"]["threshold"], "dice": mix["curve"]["dice"]},
         }
+        if hold_mean is not None:
+            hold = result["holdout"]
+            tuned = choose(hold_mean)
+            if vote == "hard":  # the members' cut stays; the vote is cut at half
+                tuned = {**tuned, "threshold": mix["threshold"], "dice": _at(hold_mean, 0.5)}
+            hold["ensemble"] = {
+                "threshold": tuned["threshold"],
+                "dice": tuned["dice"],
+                "vote": vote,
+                "dice_at_0.5": tuned["dice_at_0.5"],
+            }
+            single = hold["single"]["dice"]
+            hold["better"] = "ensemble" if tuned["dice"] > single else "single"
+            result["ensemble"] = {
+                "threshold": tuned["threshold"],
+                **entry,
+                "holdout_fold": held,
+                "calibration": f"held-out fold {held} ({hold['tiles']} tiles no member "
+                "trained on; labels read)",
+                "method": "tuned on the ensemble's own predictions of the held-out fold",
+                "curve": {"threshold": tuned["curve"]["threshold"], "dice": tuned["curve"]["dice"]},
+            }
+        else:
+            if calibration:
+                paths = _spread(sorted(calibration), CALIBRATION_TILES)
+                correct = True
+                raws = (read_tile(p) for p in paths)
+                source = "unlabelled tiles given (the test tiles in `kelpseg run`)"
+            else:
+                packed = open_cache(_tables_folder(out) / "cache")
+                rows = packed.row(_spread(ids, CALIBRATION_TILES))
+                raws = (np.asarray(packed.images[r]) for r in rows)
+                correct = False  # the cache holds corrected DEMs
+                source = "cached training tiles (no --tiles given; the members saw most of them)"
+            matched = rate_match(
+                members, w, raws, mix["threshold"], device=device, tta=tta, correct=correct
+            )
+            result["ensemble"] = {
+                "threshold": matched["threshold"],
+                **entry,
+                **{k: v for k, v in matched.items() if k != "threshold"},
+                "calibration": source,
+                "method": "the weighted members' out-of-fold threshold, moved to where the "
+                "weighted mean marks the same share of unlabelled pixels as kelp (no out-of-fold "
+                "ensemble prediction exists in K-fold without a held-out fold)",
+                "curve": {"threshold": mix["curve"]["threshold"], "dice": mix["curve"]["dice"]},
+            }
     atomic_write_text(out / THRESHOLD_FILE, json.dumps(result, indent=2))
     plot_curve(result, out / CURVE_FILE)
     return result
+
+
+def _holdout_entry(
+    held: int,
+    n_tiles: int,
+    order: list[int],
+    dices: dict[int, float],
+    member_counts: list[Counts],
+    oof_threshold: float,
+) -> dict:
+    """Every member and the best fold (by validation Dice, the first of equals) on the
+    held-out fold: Dice at the pooled out-of-fold threshold and at its own best there."""
+    best = max(order, key=lambda f: dices.get(f, float("-inf")))
+    scores = {}
+    for f, c in zip(order, member_counts, strict=True):
+        own = choose(c)
+        scores[str(f)] = {
+            "threshold": own["threshold"],
+            "dice": own["dice"],
+            "dice_at_oof": _at(c, oof_threshold),
+        }
+    c = member_counts[order.index(best)]
+    return {
+        "fold": held,
+        "tiles": n_tiles,
+        "pixels": int(c.kelp.sum() + c.water.sum()),
+        "kelp_pixels": int(c.kelp.sum()),
+        "members": scores,
+        "single": {"fold": best, **scores[str(best)]},
+    }
