@@ -164,7 +164,8 @@ def test_report_names_both_held_out_scores_and_the_choice(held_run, capsys, monk
         assert f"{dice:.4f}" in text
     pick = metrics["choice"]["predictions"]
     assert f"* predictions (the one to submit): {pick}; held-out fold {HELD}" in text
-    marked = [ln for ln in text.splitlines() if "* net:" in ln]
+    rows = [ln.strip() for ln in text.splitlines()]
+    marked = [ln for ln in rows if ln.startswith("* ") and not ln.startswith("* predictions")]
     assert len(marked) == 1 and ("best fold" in marked[0]) == (pick == "single")
 
 
