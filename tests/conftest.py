@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-ALL_THREADS = 0
-"""torch's own thread count, when ``pytest -n N`` split it between the workers."""
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: share the cores, do not fight
     import torch
 
-    ALL_THREADS = torch.get_num_threads()
-    torch.set_num_threads(max(1, ALL_THREADS // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+    torch.set_num_threads(
+        max(1, torch.get_num_threads() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    )
 
 SIZE = 64
 # the end-to-end run's overrides of `tiny`: enough steps for the network to learn
@@ -45,21 +44,15 @@ def run_out(synth_data, tmp_path_factory: pytest.TempPathFactory):
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         out = tmp_path_factory.mktemp("run")
         return out, run_pipeline(synth_data.root, cfg, out, synth_data.test_masks)
-    # pytest -n N: the first worker to ask trains it on every core, the others wait and read it
+    # pytest -n N: the first worker to ask trains it, the others wait for it and read it
     import json
 
-    import torch
     from filelock import FileLock
 
     out = tmp_path_factory.getbasetemp().parent / "run_shared"
     with FileLock(f"{out}.lock"):
         if not (out / "metrics.json").is_file():
-            threads = torch.get_num_threads()
-            torch.set_num_threads(ALL_THREADS)
-            try:
-                run_pipeline(synth_data.root, cfg, out, synth_data.test_masks)
-            finally:
-                torch.set_num_threads(threads)
+            run_pipeline(synth_data.root, cfg, out, synth_data.test_masks)
         return out, json.loads((out / "metrics.json").read_text())
 
 

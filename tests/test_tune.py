@@ -299,3 +299,17 @@ def test_storage_urls_and_pruners(tmp_path) -> None:
     for name, cls in kinds.items():
         space = SearchSpace.model_validate({"study": {"pruner": name}, "params": {"train.lr": [1]}})
         assert type(make_pruner(space)).__name__ == cls
+
+
+def test_study_plots_leave_the_process_style_alone(tmp_path) -> None:
+    """optuna's plots restyle matplotlib (ggplot); later figures (quick-looks) must not change."""
+    import matplotlib as mpl
+    import optuna
+
+    from kelpseg.tune.plots import write_plots
+
+    before = dict(mpl.rcParams)
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) ** 2, n_trials=3)
+    written, _ = write_plots(study, tmp_path)
+    assert written and dict(mpl.rcParams) == before

@@ -68,12 +68,20 @@ class QuickLook:
     ) -> Path:
         """Write the PNG atomically: the picture, ``title`` above it, a legend and (with
         ``pixel_m``, the ground size of one raster pixel in metres) a scale bar below it."""
+        from kelpseg.eda.plots import plt
+
+        img = self.image()
+        with plt.style.context("default"):  # the same picture whatever styled the process
+            return self._draw(path, img, title=title, pixel_m=pixel_m, note=note)
+
+    def _draw(
+        self, path: Path, img: np.ndarray, *, title: str, pixel_m: float | None, note: str
+    ) -> Path:
         from matplotlib.lines import Line2D
         from matplotlib.patches import Patch
 
         from kelpseg.eda.plots import plt, save_figure
 
-        img = self.image()
         h, w = img.shape[:2]
         top, bottom = 44, 90  # px for the title; for the legend and the scale bar
         H = h + top + bottom
