@@ -238,3 +238,29 @@ def test_a_run_killed_mid_scene_leaves_nothing_half_written(
     res = runner.invoke(app, args)
     assert res.exit_code == 0 and (maps / "A" / "scene.json").is_file()
     assert not stale.exists() and [p.name for p in (maps / "A").glob(".*")] == [".lock"]
+
+
+def test_map_follows_the_configs_weights_and_postprocess(ckpt: Path, tmp_path: Path) -> None:
+    """`map` assembles as `predict` does: `predict.weights` and the `postprocess` section of the
+    config reach the scene (issue 14: map ignored postprocess and used equal weights)."""
+    from kelpseg.infer.postprocess import scene_mask
+
+    a, _, _ = _inputs(tmp_path)
+    maps = tmp_path / "maps"
+    sets = ["--set", "predict.weights=1,3", "--set", "postprocess.min_object_px=40"]
+    res = runner.invoke(
+        app, ["map", "-m", str(ckpt), "-m", str(ckpt), str(a), "-o", str(maps), *sets]
+    )
+    assert res.exit_code == 0, res.output
+    info = json.loads((maps / "A" / "scene.json").read_text())
+    assert info["ensemble"]["weights"] == [0.25, 0.75]
+    assert info["ensemble"]["postprocess"]["min_object_px"] == 40
+    read = {}
+    for name in ("kelp", "proba", "coverage"):
+        with rasterio.open(maps / "A" / f"A_{name}.tif") as src:
+            read[name] = src.read(1)
+    cfg = load_config("tiny", ["postprocess.min_object_px=40"]).postprocess
+    want = scene_mask(read["proba"], read["coverage"], info["threshold"], cfg)
+    np.testing.assert_array_equal(read["kelp"], want)  # the one mask step, objects removed
+    plain = scene_mask(read["proba"], read["coverage"], info["threshold"])
+    assert (plain == 1).sum() > (read["kelp"] == 1).sum() > 0
