@@ -25,6 +25,7 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "ingest.py": ([], ["--aois", "8", "--repeat", "1"]),
     "checkpoint_bytes.py": ([], []),
     "train_throughput.py": ([], ["--tiles", "40", "--batches", "3", "--repeat", "1"]),
+    "train_step.py": ([], ["--config", "tiny", "--steps", "4"]),
     "onnx_speed.py": ([], ["--batches", "1", "--repeat", "1"]),
     "postprocess.py": ([], []),  # needs a trained run: demo_out/run of `make demo`
     "predict_speed.py": ([], ["--tiles", "3", "--members", "1", "2", "--config", "tiny"]),
