@@ -15,8 +15,11 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: share the cores,
     )
 
 SIZE = 64
-# the end-to-end run's overrides of `tiny`: enough steps for the network to learn
+# the end-to-end run's overrides of `tiny`: enough steps for the network to learn, on a small
+# encoder and decoder (4x faster than resnet18 on one thread; test Dice 0.58 vs 0.61)
 RUN_SETS = [
+    "model.encoder=tu-mobilenetv3_small_050",
+    "model.decoder_channels=[32,16,16,8,8]",
     "train.max_epochs=5",
     "train.samples_per_epoch=512",
     "train.batch_size=16",

@@ -182,7 +182,7 @@ def test_ensemble_writes_spread_and_a_missing_model_is_one_line(ckpt: Path, tmp_
     a, _, _ = _inputs(tmp_path)
     maps = tmp_path / "maps"
     args = ["map", "-m", str(ckpt), "-m", str(ckpt), str(a), "-o", str(maps), "--no-probabilities"]
-    res = runner.invoke(app, [*args, "--window", "48", "--overlap", "16", "--slices", "2"])
+    res = runner.invoke(app, [*args, "--overlap", "16", "--slices", "2"])
     assert res.exit_code == 0, res.output
     with rasterio.open(maps / "A" / "A_spread.tif") as src:
         assert src.nodata != src.nodata and np.nanmax(src.read(1)) < 1e-3  # NaN nodata, twins

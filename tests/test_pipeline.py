@@ -127,7 +127,7 @@ def test_mlflow_run_reads_back(trained) -> None:
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     run = runs[0]
-    assert run.data.params["model.encoder"] == "resnet18"
+    assert run.data.params["model.encoder"] == load_config("tiny", RUN_SETS).model.encoder
     epochs = load_config("tiny", RUN_SETS).train.max_epochs
     assert run.data.params["train.max_epochs"] == str(epochs)
     history = client.get_metric_history(run.info.run_id, "val/dice")

@@ -442,8 +442,10 @@ def test_sigkill_then_rerun_gives_the_same_outputs(ckpt: Path, tmp_path: Path) -
         return [sys.executable, "-m", "kelpseg", "predict", str(ckpt), str(tiles), "-o",
                 str(out), "--batch-size", "1", "--probabilities"]  # fmt: skip
 
-    whole = tmp_path / "whole"
-    subprocess.run(cmd(whole), env=env, check=True, capture_output=True)
+    whole = tmp_path / "whole"  # the uninterrupted run, side by side with the killed one
+    uninterrupted = subprocess.Popen(
+        cmd(whole), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
         cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -461,6 +463,8 @@ def test_sigkill_then_rerun_gives_the_same_outputs(ckpt: Path, tmp_path: Path) -
     assert rerun.returncode == 0, rerun.stderr
     assert "kept from an earlier run" in rerun.stdout
     assert not list(killed.glob(".*"))  # the killed write's temp file is cleaned up
+    out = uninterrupted.communicate(timeout=300)[0]
+    assert uninterrupted.returncode == 0, out
     a, b = _outputs(whole), _outputs(killed)
     assert a.keys() == b.keys() and len(a) == 80
     for name in a:

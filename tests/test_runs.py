@@ -9,8 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from kelpseg.cli import app
+from kelpseg.config import load_config
 from kelpseg.infer.run_folder import tuned_threshold
 from kelpseg.runs import RunsError, list_runs, render
+from tests.conftest import RUN_SETS
 
 
 def test_session_run_is_listed(run_out):
@@ -23,8 +25,9 @@ def test_session_run_is_listed(run_out):
     assert row["mean_dice"] == pytest.approx(metrics["val_dice"])
     assert row["test_dice"] == pytest.approx(metrics["test"]["ensemble"]["dice"])
     assert row["test_dice_single"] == pytest.approx(metrics["test"]["single"]["dice"])
+    cfg = load_config("tiny", RUN_SETS)
     assert (row["arch"], row["encoder"], row["epochs"], row["indices"]) == (
-        "Unet", "resnet18", 5, 2,
+        "Unet", cfg.model.encoder, cfg.train.max_epochs, len(cfg.features.indices),
     )  # fmt: skip
     tuned = getattr(tuned_threshold(out), "value", None)  # another test may have tuned it
     assert math.isnan(row["threshold"]) if tuned is None else row["threshold"] == tuned
