@@ -84,7 +84,9 @@ def main() -> None:
                 c = Counts.of(np.where(judged, pred, 0), np.where(judged, truth, 0))
                 totals[name] = totals.get(name, Counts()) + c
                 info = json.loads((maps / sid / "scene.json").read_text())
-                true_ha = (judged & (truth == 1)).sum() * 0.09  # 30 m px
+                with rasterio.open(product.truth) as src:
+                    px_ha = abs(src.transform.a * src.transform.e) / 10_000
+                true_ha = (judged & (truth == 1)).sum() * px_ha  # where the map is scored
                 print(
                     f"area {k} {name:15s} Dice {c.scores()['dice']:.3f}  kelp "
                     f"{info['kelp_ha'] or 0:.1f} ha (true {true_ha:.1f} ha)  ({secs:.1f} s)"
